@@ -1,0 +1,1 @@
+"""dashboard: the Streamlit app. It reads results only through `storage`'s xarray API."""
