@@ -39,3 +39,15 @@ class UnsafeIdentifierError(ManifestError):
 
 class StoreError(MsnlError):
     """A store is missing, not an msnl store, or not in the state an operation needs."""
+
+
+class QualityControlError(MsnlError):
+    """A visit pair failed quality control (for example a registration that plainly failed).
+
+    `status` is a short code stored with the results; `figures` holds the measured values.
+    """
+
+    def __init__(self, status: str, message: str, figures: dict | None = None) -> None:
+        self.status = status
+        self.figures = dict(figures or {})
+        super().__init__(message)

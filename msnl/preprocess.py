@@ -1,0 +1,80 @@
+"""Step one's image preprocessing: N4, rigid-then-affine registration, intensity matching.
+
+Each function takes and returns `Scan`s (arrays plus affines); ANTs does the heavy lifting.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import ants
+import numpy as np
+
+from msnl.antsio import from_ants, to_ants
+from msnl.scan import LabelMap, Scan
+
+
+def n4(scan: Scan, shrink_factor: int = 4) -> Scan:
+    """N4 bias-field correction (paper §1), on the whole head (no mask is known yet)."""
+    corrected = ants.n4_bias_field_correction(to_ants(scan), shrink_factor=shrink_factor)
+    return from_ants(corrected)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Visit 1 resampled onto visit 2's grid, and the affine that did it (ITK, LPS+ frame)."""
+
+    moved: Scan
+    matrix: np.ndarray  # 4x4, maps fixed (visit 2) physical points to moving (visit 1) points
+
+
+def register_rigid_then_affine(moving: Scan, fixed: Scan) -> Registration:
+    """Rigid, then affine registration of `moving` onto `fixed` (paper §1), linear resampling."""
+    fixed_img, moving_img = to_ants(fixed), to_ants(moving)
+    with tempfile.TemporaryDirectory(prefix="msnl-reg-") as tmp:
+        rigid = ants.registration(fixed_img, moving_img, type_of_transform="Rigid", outprefix=f"{tmp}/rigid_")
+        affine = ants.registration(
+            fixed_img,
+            moving_img,
+            type_of_transform="Affine",
+            initial_transform=rigid["fwdtransforms"][0],
+            outprefix=f"{tmp}/affine_",
+        )
+        transforms = affine["fwdtransforms"]
+        moved = ants.apply_transforms(fixed_img, moving_img, transformlist=transforms, interpolator="linear")
+        matrix = _compose(transforms)
+    return Registration(from_ants(moved), matrix)
+
+
+def _compose(transform_files: list[str]) -> np.ndarray:
+    total = np.eye(4)
+    for path in transform_files:  # ANTs applies the last in the list first
+        tx = ants.read_transform(path)
+        params = np.asarray(tx.parameters)
+        centre = np.asarray(tx.fixed_parameters)
+        m = np.eye(4)
+        m[:3, :3] = params[:9].reshape(3, 3)
+        m[:3, 3] = params[9:12] + centre - m[:3, :3] @ centre
+        total = total @ m
+    return total
+
+
+def histogram_match(source: Scan, reference: Scan, brain: LabelMap, bins: int = 255, points: int = 64) -> Scan:
+    """Match `source`'s brain intensities to `reference`'s (paper §1, visit 2 is the reference)."""
+    src = Scan(np.where(brain.data, source.data, 0).astype(np.float32), source.affine)
+    ref = Scan(np.where(brain.data, reference.data, 0).astype(np.float32), reference.affine)
+    matched = ants.histogram_match_image(to_ants(src), to_ants(ref), number_of_histogram_bins=bins, number_of_match_points=points)
+    return Scan(np.where(brain.data, matched.numpy(), 0).astype(np.float32), source.affine)
+
+
+def grey_level_edges(reference: Scan, brain: LabelMap, levels: int, percentile: float) -> np.ndarray:
+    """Equal-width level edges from 0 to a high percentile of the reference's brain voxels."""
+    top = float(np.percentile(reference.data[brain.data], percentile)) if brain.data.any() else 1.0
+    return np.linspace(0.0, max(top, 1e-6), levels + 1)
+
+
+def discretise(scan: Scan, brain: LabelMap, edges: np.ndarray) -> np.ndarray:
+    """Grey levels 1..N inside the brain (paper §1: "discretized on 6 levels"), 0 outside."""
+    levels = np.clip(np.digitize(scan.data, edges[1:-1]) + 1, 1, len(edges) - 1).astype(np.uint8)
+    return np.where(brain.data, levels, 0).astype(np.uint8)

@@ -1,0 +1,47 @@
+"""Reading real pairs in the Lesjak longitudinal form (../shared/data/lesjak-longitudinal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from msnl.errors import InputError
+from msnl.nifti import read_nifti
+from msnl.scan import LabelMap, Scan
+
+
+@dataclass(frozen=True)
+class LesjakPair:
+    """Two raw FLAIRs in their own scanner spaces, and the truth on the common grid."""
+
+    name: str
+    flair1: Scan
+    flair2: Scan
+    brainmask: LabelMap  # common grid
+    newlesions: LabelMap  # common grid
+    transform2: Path  # maps common-grid points to visit 2's space (used as read)
+
+
+def _labels(path: Path) -> LabelMap:
+    img = nib.load(path)
+    return LabelMap(np.asarray(img.dataobj) > 0, img.affine)
+
+
+def read_lesjak_pair(folder: str | Path) -> LesjakPair:
+    folder = Path(folder)
+    needed = ["study1_FLAIR.nii.gz", "study2_FLAIR.nii.gz", "brainmask.nii.gz", "newlesions.nii.gz",
+              "study2_FLAIR_to_common_space.txt"]
+    missing = [n for n in needed if not (folder / n).exists()]
+    if missing:
+        raise InputError(f"is not a Lesjak-form pair: missing {', '.join(missing)}.", folder)
+    return LesjakPair(
+        name=folder.name,
+        flair1=read_nifti(folder / "study1_FLAIR.nii.gz").to_scan(),
+        flair2=read_nifti(folder / "study2_FLAIR.nii.gz").to_scan(),
+        brainmask=_labels(folder / "brainmask.nii.gz"),
+        newlesions=_labels(folder / "newlesions.nii.gz"),
+        transform2=folder / "study2_FLAIR_to_common_space.txt",
+    )
