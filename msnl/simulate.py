@@ -34,10 +34,17 @@ def draw_visit_params(rng: np.random.Generator, max_shift_mm: float = 3.0) -> Vi
     )
 
 
+# T1 intensity (brain 99th percentile = 1) -> FLAIR-like intensity: CSF dark, grey matter
+# brighter than white matter, as on FLAIR. Knots read off the MNI152 T1 histogram.
+_T1_KNOTS = (0.0, 0.3, 0.6, 0.9, 1.2)
+_FLAIR_KNOTS = (0.05, 0.1, 0.7, 0.55, 0.55)
+
+
 def flair_like(template: Scan, brain: LabelMap) -> Scan:
-    """A crude FLAIR contrast from the T1 template: dark CSF and background, bright tissue."""
+    """A FLAIR-like contrast from the T1 template: dark CSF, grey matter over white matter."""
     t1 = template.data / np.percentile(template.data[brain.data], 99)
-    flair = np.where(brain.data, np.clip(t1, 0, 1.2), 0.15 * np.clip(t1, 0, 1))
+    flair = np.interp(t1, _T1_KNOTS, _FLAIR_KNOTS)
+    flair = np.where(brain.data, flair, 0.3 * flair)
     return Scan(flair.astype(np.float32), template.affine)
 
 

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import zarr
+from zarr.errors import ContainsGroupError
 
 from msnl.errors import StoreError
 
@@ -73,6 +74,17 @@ def clear_staging(store: str | Path) -> None:
     shutil.rmtree(store_path(store) / STAGING, ignore_errors=True)
 
 
+def _ensure_parent_groups(root: Path, key: str) -> None:
+    """Make every group above `key`, tolerating another worker making the same one."""
+    parts = key.split("/")[:-1]
+    group = zarr.open_group(root, mode="r+", zarr_format=3)
+    for depth in range(1, len(parts) + 1):
+        try:
+            group.require_group("/".join(parts[:depth]))
+        except ContainsGroupError:
+            pass
+
+
 def publish(store: str | Path, staged: Path, key: str) -> None:
     """Move a fully written group from staging to `key`, replacing what was there.
 
@@ -81,7 +93,7 @@ def publish(store: str | Path, staged: Path, key: str) -> None:
     """
     root = store_path(store)
     target = root / key
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_parent_groups(root, key)
     retired = None
     if target.exists():
         retired = new_staging_dir(store)

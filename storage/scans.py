@@ -18,7 +18,6 @@ import dask.array as da
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
-from zarr.errors import ContainsGroupError
 
 from msnl.errors import MsnlError, StoreError
 from msnl.nifti import NiftiScan, read_nifti, scaled_voxels, sha256_file
@@ -102,11 +101,7 @@ def stored_scan_attrs(store: str | Path, subject: str, visit: str) -> dict[str, 
 
 def write_scan(store: str | Path, record: ScanRecord, nifti: NiftiScan) -> None:
     """Write one checked scan into the store; it appears there only once fully written."""
-    root = open_root(store, create=True)
-    try:
-        root.require_group(f"scans/{record.subject}")
-    except ContainsGroupError:  # another worker made it between the check and the write
-        pass
+    open_root(store, create=True)
     staged = new_staging_dir(store)
     group = zarr.open_group(staged, mode="w", zarr_format=3)
     group.attrs.update(

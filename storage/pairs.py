@@ -1,0 +1,168 @@
+"""Step-one results in the store, one group per visit pair, written atomically.
+
+    pairs/<subject>/<from-visit>/<to-visit>/
+        attrs      status, message, QC figures, config, software versions, input SHA-256s,
+                   result_key, visit 2's affine, registration matrix, stage timings
+        brain      uint8, the intersected brain mask on visit 2's grid
+        flair1     float32, visit 1 after N4, registration and histogram matching
+        flair2     float32, visit 2 after N4
+        levels1/2  uint8, the grey levels (1..6 in the brain, 0 outside)
+        candidates int32, candidate labels (0 = none)
+        table/     the candidates table (xarray, dimension "candidate")
+        patches    float32, every patch raveled and concatenated; `table.patch_offset` and the
+                   bounding box in `table` locate each one (channels: msnl.candidates.PATCH_CHANNELS)
+
+The group is keyed by `result_key`: the SHA-256 of both scans' SHA-256, the config and the
+software versions. Running again with the same key does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from msnl.candidates import PATCH_CHANNELS
+from msnl.config import StepOneConfig
+from msnl.errors import MsnlError, QualityControlError, StoreError
+from msnl.step_one import StageTimer, StepOneResult, run_step_one, software_versions
+from storage.layout import new_staging_dir, open_root, publish, store_path
+from storage.scans import CHUNK, _COMPRESSOR, read_scan, stored_scan_attrs
+
+log = logging.getLogger(__name__)
+
+PAIRS = "pairs"
+
+
+def pair_key(subject: str, from_visit: str, to_visit: str) -> str:
+    return f"{PAIRS}/{subject}/{from_visit}/{to_visit}"
+
+
+def result_key(sha1: str, sha2: str, cfg: StepOneConfig, versions: dict[str, str]) -> str:
+    payload = json.dumps({"scans": [sha1, sha2], "config": cfg.digest(), "versions": versions}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    subject: str
+    from_visit: str
+    to_visit: str
+    status: str  # "ok", "skipped" (already done), or a failure code
+    message: str = ""
+    n_candidates: int | None = None
+
+
+def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
+    chunks = tuple(min(CHUNK, s) for s in data.shape) if data.ndim == 3 else (min(1 << 20, max(len(data), 1)),)
+    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=[_COMPRESSOR], fill_value=0)
+    array[...] = data
+
+
+def _table_dataset(table: pd.DataFrame, offsets: np.ndarray) -> xr.Dataset:
+    ds = xr.Dataset({c: ("candidate", table[c].to_numpy()) for c in table.columns})
+    ds["patch_offset"] = ("candidate", offsets[:-1].astype(np.int64))
+    ds.attrs["patch_channels"] = list(PATCH_CHANNELS)
+    return ds
+
+
+def _attrs(subject, v1, v2, status, message, key, cfg, versions, extra) -> dict[str, Any]:
+    return {
+        "subject": subject, "from_visit": v1, "to_visit": v2, "status": status, "message": message,
+        "result_key": key, "config": cfg.to_dict(), "versions": versions, **extra,
+    }
+
+
+def _write_result(staged: zarr.Group, result: StepOneResult) -> np.ndarray:
+    """Write the arrays; returns the patch offsets into the flat `patches` array."""
+    for name, data in (
+        ("brain", result.brain.data.astype(np.uint8)),
+        ("flair1", result.flair1.data.astype(np.float32)),
+        ("flair2", result.flair2.data.astype(np.float32)),
+        ("levels1", result.levels1),
+        ("levels2", result.levels2),
+        ("candidates", result.candidates.labels.data.astype(np.int32)),
+    ):
+        _write_array(staged, name, data)
+    flat = [p.ravel() for p in result.patches]
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in flat])]).astype(np.int64)
+    _write_array(staged, "patches", np.concatenate(flat) if flat else np.zeros(0, np.float32))
+    return offsets
+
+
+def process_pair(store: str | Path, subject: str, from_visit: str, to_visit: str,
+                 cfg: StepOneConfig | None = None, timer: StageTimer | None = None) -> PairOutcome:
+    """Run step one on a stored visit pair and store the result; a no-op when already done.
+
+    A bad scan or a failed QC is stored as the pair's status and message, never raised.
+    """
+    cfg = cfg or StepOneConfig()
+    timer = timer or StageTimer()
+    attrs1 = stored_scan_attrs(store, subject, from_visit)
+    attrs2 = stored_scan_attrs(store, subject, to_visit)
+    missing = [v for v, a in ((from_visit, attrs1), (to_visit, attrs2)) if a is None]
+    if missing:
+        raise StoreError(f"{store_path(store)}: subject {subject} has no stored scan for visit(s) {', '.join(missing)}; ingest them first.")
+    versions = software_versions()
+    key = result_key(attrs1["sha256"], attrs2["sha256"], cfg, versions)
+    existing = read_pair_attrs(store, subject, from_visit, to_visit)
+    if existing is not None and existing.get("result_key") == key:
+        return PairOutcome(subject, from_visit, to_visit, "skipped", "already done", existing.get("n_candidates"))
+    open_root(store, create=True)
+    staged_path = new_staging_dir(store)
+    staged = zarr.open_group(staged_path, mode="w", zarr_format=3)
+    extra = {"sha256": [attrs1["sha256"], attrs2["sha256"]], "affine": attrs2["affine"]}
+    try:
+        result = run_step_one(read_scan(store, subject, from_visit), read_scan(store, subject, to_visit), cfg, timer)
+    except QualityControlError as exc:
+        staged.attrs.update(_attrs(subject, from_visit, to_visit, exc.status, str(exc), key, cfg, versions, {**extra, "qc": exc.figures}))
+        publish(store, staged_path, pair_key(subject, from_visit, to_visit))
+        return PairOutcome(subject, from_visit, to_visit, exc.status, str(exc))
+    except MsnlError as exc:
+        staged.attrs.update(_attrs(subject, from_visit, to_visit, "failed", str(exc), key, cfg, versions, extra))
+        publish(store, staged_path, pair_key(subject, from_visit, to_visit))
+        return PairOutcome(subject, from_visit, to_visit, "failed", str(exc))
+    offsets = _write_result(staged, result)
+    n = len(result.table)
+    extra.update(qc=result.qc, n_candidates=n, registration_matrix=result.registration_matrix.tolist(),
+                 timings=timer.seconds, timing_owner=timer.owner)
+    staged.attrs.update(_attrs(subject, from_visit, to_visit, "ok", "", key, cfg, versions, extra))
+    _table_dataset(result.table, offsets).to_zarr(staged_path, group="table", mode="w", zarr_format=3, consolidated=False)
+    publish(store, staged_path, pair_key(subject, from_visit, to_visit))
+    return PairOutcome(subject, from_visit, to_visit, "ok", "", n)
+
+
+def read_pair_attrs(store: str | Path, subject: str, from_visit: str, to_visit: str) -> dict[str, Any] | None:
+    path = store_path(store) / pair_key(subject, from_visit, to_visit)
+    if not (path / "zarr.json").exists():
+        return None
+    return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+
+
+def read_candidates(store: str | Path, subject: str, from_visit: str, to_visit: str) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The candidates table and the patch arrays (channels x bounding box) of a processed pair."""
+    path = store_path(store) / pair_key(subject, from_visit, to_visit)
+    attrs = read_pair_attrs(store, subject, from_visit, to_visit)
+    if attrs is None or attrs.get("status") != "ok":
+        raise StoreError(f"{path}: no step-one result ({'missing' if attrs is None else attrs.get('status')}).")
+    table = xr.open_zarr(path, group="table", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
+    flat = np.asarray(zarr.open_group(path, mode="r", zarr_format=3)["patches"][...])
+    patches = []
+    for row in table.itertuples():
+        shape = (len(PATCH_CHANNELS), row.hi_i - row.lo_i, row.hi_j - row.lo_j, row.hi_k - row.lo_k)
+        size = int(np.prod(shape))
+        patches.append(flat[row.patch_offset: row.patch_offset + size].reshape(shape))
+    return table, patches
+
+
+def read_pair_array(store: str | Path, subject: str, from_visit: str, to_visit: str, name: str) -> np.ndarray:
+    path = store_path(store) / pair_key(subject, from_visit, to_visit)
+    return np.asarray(zarr.open_group(path, mode="r", zarr_format=3)[name][...])

@@ -1,0 +1,67 @@
+"""The step-one adapter on a temporary store: results written once, skipped on a re-run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msnl.config import StepOneConfig
+from msnl.scan import Scan
+from msnl.simulate import flair_like
+from msnl.template import mni152
+from pipelines.ingest import run_ingest
+from storage.bids import BidsVisit, write_bids
+from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs
+from tests.test_step_one import _planted_pair
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    template, brain = mni152(resolution=2)
+    flair1, flair2, _ = _planted_pair((flair_like(template, brain), brain))
+    noise = Scan(np.random.default_rng(3).normal(300, 30, flair2.shape).astype(np.float32), flair2.affine)
+    root = tmp_path_factory.mktemp("pairs")
+    write_bids(root / "bids", [
+        BidsVisit("good", "01", flair1, "2020-01-01", "placebo", "A"),
+        BidsVisit("good", "02", flair2, "2021-01-01", "placebo", "A"),
+        BidsVisit("nobrain", "01", noise, "2020-01-01", "active", "A"),
+        BidsVisit("nobrain", "02", flair2, "2021-01-01", "active", "A"),
+    ])
+    run_ingest(root / "bids", root / "store.zarr", progress=False)
+    return root / "store.zarr"
+
+
+def test_pair_result_is_stored_and_readable(store):
+    outcome = process_pair(store, "good", "01", "02")
+    assert outcome.status == "ok" and outcome.n_candidates >= 1
+    attrs = read_pair_attrs(store, "good", "01", "02")
+    assert StepOneConfig.from_dict(attrs["config"]) == StepOneConfig()  # replayable
+    assert {"antspyx", "mask_model", "msnl"} <= set(attrs["versions"])
+    assert attrs["qc"]["registration_correlation"] > 0.9
+    table, patches = read_candidates(store, "good", "01", "02")
+    assert len(table) == len(patches) == outcome.n_candidates
+    labels = read_pair_array(store, "good", "01", "02", "candidates")
+    levels2 = read_pair_array(store, "good", "01", "02", "levels2")
+    row = table.iloc[0]
+    box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
+    np.testing.assert_array_equal(patches[0][1], levels2[box])
+    assert (labels[box] == row.label).any()
+    assert row.volume_mm3 == pytest.approx((labels == row.label).sum() * 8.0)
+
+
+def test_rerun_with_same_inputs_and_config_does_nothing(store):
+    process_pair(store, "good", "01", "02")
+    group = store / "pairs/good/01/02/zarr.json"
+    before = group.stat().st_mtime_ns
+    assert process_pair(store, "good", "01", "02").status == "skipped"
+    assert group.stat().st_mtime_ns == before
+    assert process_pair(store, "good", "01", "02", StepOneConfig(ratio_threshold=1.3)).status == "ok"
+    assert read_pair_attrs(store, "good", "01", "02")["config"]["ratio_threshold"] == 1.3
+
+
+def test_a_visit_without_a_brain_gets_a_recorded_status(store):
+    outcome = process_pair(store, "nobrain", "01", "02")
+    assert outcome.status in {"implausible_brain_mask", "registration_failed"}
+    attrs = read_pair_attrs(store, "nobrain", "01", "02")
+    assert attrs["status"] == outcome.status and "visit" in attrs["message"]
+    assert not (store / "pairs/nobrain/01/02/candidates").exists()
