@@ -86,3 +86,52 @@ class StepOneConfig:
     def digest(self) -> str:
         """SHA-256 of the configuration, the key under which its results are stored."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """Step two: the patch CNN, its training and its inference."""
+
+    # Channel widths of conv1..conv6 (ours: the paper's figure is not available). Narrow and
+    # shallow on purpose: patches are small (a few hundred voxels), training data is limited,
+    # and a net without pooling over-fits easily (paper §2.3); ~0.1 M parameters.
+    widths: tuple[int, int, int, int, int, int] = (16, 32, 32, 32, 32, 16)
+    # Input scaling to ~[0, 1] (ours): grey levels, then DM, DMz, DMx in mm.
+    input_scale: tuple[float, float, float, float, float] = (6.0, 6.0, 20.0, 150.0, 200.0)
+    # Paper §2.1: "Each training batch included 32 patches".
+    batch_size: int = 32
+    # Paper §2.3: 20 epochs, Adam from lr 0.001, "decaying it by 0.1 every 4 epochs".
+    epochs: int = 20
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.1
+    lr_step_epochs: int = 4
+    # Paper §2.1: 30% extra patches; 85% of them infratentorial (33% TP, 67% FP), 15%
+    # supratentorial FP.
+    extra_share: float = 0.30
+    extra_infratentorial: float = 0.85
+    extra_infratentorial_tp: float = 0.33
+    # Paper §2.1: torchio RandomNoise and RandomBiasField, "each, a 30% probability".
+    augment_probability: float = 0.30
+    # Paper §2.4: sigmoid, then "binarized the final image with threshold of 0.75".
+    threshold: float = 0.75
+    # Training crops patches larger than this around their centre (ours: a few giant FP
+    # components would otherwise set every batch's padded size). Inference never crops.
+    train_max_patch: tuple[int, int, int] = (48, 48, 16)
+    inference_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != 6 or min(self.widths) < 1:
+            raise ConfigError(f"widths must be six positive channel counts, got {self.widths}")
+        if not 0 < self.threshold < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise ConfigError("threshold must be in (0, 1); batch_size and epochs at least 1")
+        for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CNNConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})

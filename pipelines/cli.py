@@ -51,6 +51,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from msnl.simulate import SimOptions
+    from pipelines.simulate import parse_arms, run_simulate
+
+    opts = SimOptions(arms=parse_arms(args.arms), lesion_free_share=args.lesion_free_share, sites=args.sites,
+                      interval_days=args.interval_days)
+    out = run_simulate(args.out, args.subjects, args.visits, args.seed, opts, args.real_lesions,
+                       workers=args.workers, progress=not args.quiet)
+    print(f"simulate: {args.subjects} subjects x {args.visits} visits written to {out} (truth under "
+          f"{out / 'derivatives' / 'msnl-simulate'}). Ingest with: msnl ingest {out} STORE")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msnl",
@@ -74,6 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel threads (default: one per core)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser(
+        "simulate",
+        help="write a simulated longitudinal MS cohort with exact new-lesion truth (BIDS)",
+        description="Simulate a trial cohort as BIDS: FLAIRs with realistic acquisition nuisances, "
+        "participants.tsv (arm, site), sessions.tsv (acq_time), and under derivatives/msnl-simulate "
+        "the new-lesion mask of each later visit, the lesion mask of every visit and the drawn "
+        "parameters. The same seed gives bit-identical files; subject k is the same whatever N is.",
+    )
+    p.add_argument("out", help="the BIDS folder to write")
+    p.add_argument("--subjects", type=int, default=6, help="number of subjects (default 6)")
+    p.add_argument("--visits", type=int, default=2, help="visits per subject, at least 2 (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--arms", default="placebo:3,active:0.8",
+                   help="arms and their mean new lesions per interval, drawn negative-binomially "
+                   "(default placebo:3,active:0.8); subjects are assigned to arms in turn")
+    p.add_argument("--lesion-free-share", type=float, default=0.2,
+                   help="share of subjects with no new lesion at all (default 0.2; subject 1 is always lesion-free)")
+    p.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
+    p.add_argument("--interval-days", type=int, default=365, help="mean days between visits (default 365)")
+    p.add_argument("--real-lesions", default=None, metavar="DIR",
+                   help="a folder of real patients (sub-folders with FLAIR.nii.gz and lesions.nii.gz in MNI "
+                   "space, like ../shared/data/lesjak-cross-sectional-mni) whose lesions become new lesions")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser(
         "demo",

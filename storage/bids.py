@@ -1,17 +1,32 @@
-"""Write a BIDS dataset of FLAIR visits: the layout `msnl ingest` and `msnl run` read back."""
+"""Write BIDS datasets of FLAIR visits (and simulator truth under derivatives/).
+
+    OUT/participants.tsv                               participant_id, arm, site
+    OUT/sub-<s>/sub-<s>_sessions.tsv                   session_id, acq_time
+    OUT/sub-<s>/ses-<v>/anat/sub-<s>_ses-<v>_FLAIR.nii.gz
+    OUT/derivatives/msnl-simulate/sub-<s>/ses-<v>/anat/sub-<s>_ses-<v>_desc-lesions_mask.nii.gz
+    OUT/derivatives/msnl-simulate/sub-<s>/ses-<v>/anat/sub-<s>_ses-<v>_desc-newlesions_mask.nii.gz
+    OUT/derivatives/msnl-simulate/sub-<s>/sub-<s>_desc-simulation_params.json
+
+Files are written to a temporary name and renamed, and gzip carries no timestamp, so the same
+inputs give bit-identical files.
+"""
 
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+import gzip
+import json
+import os
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import nibabel as nib
 import numpy as np
 
-from msnl.scan import Scan
+from msnl.scan import LabelMap, Scan
 from storage.manifest import check_id
+
+DERIVATIVES = Path("derivatives") / "msnl-simulate"
 
 
 class BidsVisit(NamedTuple):
@@ -27,39 +42,64 @@ def flair_path(root: Path, subject: str, visit: str) -> Path:
     return root / f"sub-{subject}" / f"ses-{visit}" / "anat" / f"sub-{subject}_ses-{visit}_FLAIR.nii.gz"
 
 
-def save_nifti(scan: Scan, path: Path) -> None:
-    """Save a scan as int16 NIfTI (as scanners do) with both qform and sform set (code 1)."""
+def truth_path(root: Path, subject: str, visit: str, desc: str) -> Path:
+    return root / DERIVATIVES / f"sub-{subject}" / f"ses-{visit}" / "anat" / f"sub-{subject}_ses-{visit}_desc-{desc}_mask.nii.gz"
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.clip(np.rint(scan.data), -32768, 32767).astype(np.int16), scan.affine)
-    img.set_qform(scan.affine, code=1)
-    img.set_sform(scan.affine, code=1)
-    nib.save(img, path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Save with qform and sform both set (code 1: scanner), deterministically."""
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    _atomic_write(path, gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
+
+
+def save_flair(scan: Scan, path: Path) -> None:
+    """A FLAIR as int16, as scanners store them."""
+    save_nifti(np.clip(np.rint(scan.data), -32768, 32767).astype(np.int16), scan.affine, path)
+
+
+def save_mask(mask: LabelMap, path: Path) -> None:
+    save_nifti(mask.data.astype(np.uint8), mask.affine, path)
+
+
+def write_sessions(root: Path, subject: str, sessions: Iterable[tuple[str, str]]) -> None:
+    rows = "".join(f"ses-{visit}\t{when}\n" for visit, when in sorted(sessions))
+    _atomic_write(root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv", f"session_id\tacq_time\n{rows}".encode())
+
+
+def write_participants(root: Path, participants: dict[str, tuple[str, str]]) -> None:
+    rows = "".join(f"sub-{s}\t{arm}\t{site}\n" for s, (arm, site) in sorted(participants.items()))
+    _atomic_write(root / "participants.tsv", f"participant_id\tarm\tsite\n{rows}".encode())
+    _atomic_write(root / "dataset_description.json", b'{"Name": "msnl cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw"}\n')
+
+
+def write_params(root: Path, subject: str, params: dict) -> None:
+    path = root / DERIVATIVES / f"sub-{subject}" / f"sub-{subject}_desc-simulation_params.json"
+    _atomic_write(path, json.dumps(params, indent=1, sort_keys=True).encode())
+    _atomic_write(root / DERIVATIVES / "dataset_description.json",
+                  b'{"Name": "msnl-simulate truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative"}\n')
 
 
 def write_bids(root: str | Path, visits: Iterable[BidsVisit]) -> Path:
     """Write FLAIRs, participants.tsv and each subject's sessions.tsv under `root`."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     participants: dict[str, tuple[str, str]] = {}
-    sessions: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    sessions: dict[str, list[tuple[str, str]]] = {}
     for v in visits:
         check_id(v.subject, "subject")
         check_id(v.visit, "visit")
-        save_nifti(v.scan, flair_path(root, v.subject, v.visit))
+        save_flair(v.scan, flair_path(root, v.subject, v.visit))
         participants[v.subject] = (v.arm, v.site)
-        sessions[v.subject].append((v.visit, v.acquired_on))
-    with open(root / "participants.tsv", "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t")
-        w.writerow(["participant_id", "arm", "site"])
-        for subject, (arm, site) in sorted(participants.items()):
-            w.writerow([f"sub-{subject}", arm, site])
+        sessions.setdefault(v.subject, []).append((v.visit, v.acquired_on))
     for subject, rows in sessions.items():
-        with open(root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv", "w", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t")
-            w.writerow(["session_id", "acq_time"])
-            for visit, when in sorted(rows):
-                w.writerow([f"ses-{visit}", when])
-    (root / "dataset_description.json").write_text(
-        '{"Name": "msnl cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw"}\n'
-    )
+        write_sessions(root, subject, rows)
+    write_participants(root, participants)
     return root

@@ -45,3 +45,19 @@ def read_lesjak_pair(folder: str | Path) -> LesjakPair:
         newlesions=_labels(folder / "newlesions.nii.gz"),
         transform2=folder / "study2_FLAIR_to_common_space.txt",
     )
+
+
+def read_cross_sectional(folder: str | Path) -> list[tuple[str, Scan, LabelMap]]:
+    """Real FLAIRs with expert lesion masks, one per patient sub-folder (Lesjak MNI form)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("is not a folder. Expected patient sub-folders holding FLAIR.nii.gz and lesions.nii.gz.", folder)
+    out = []
+    for patient in sorted(p for p in folder.iterdir() if p.is_dir()):
+        missing = [n for n in ("FLAIR.nii.gz", "lesions.nii.gz") if not (patient / n).exists()]
+        if missing:
+            raise InputError(f"lacks {', '.join(missing)}; each patient folder needs FLAIR.nii.gz and lesions.nii.gz.", patient)
+        out.append((patient.name, read_nifti(patient / "FLAIR.nii.gz").to_scan(), _labels(patient / "lesions.nii.gz")))
+    if not out:
+        raise InputError("holds no patient folders. Expected sub-folders with FLAIR.nii.gz and lesions.nii.gz.", folder)
+    return out

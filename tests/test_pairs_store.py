@@ -7,8 +7,7 @@ import pytest
 
 from msnl.config import StepOneConfig
 from msnl.scan import Scan
-from msnl.simulate import flair_like
-from msnl.template import mni152
+from msnl.template import mni152_anatomy
 from pipelines.ingest import run_ingest
 from storage.bids import BidsVisit, write_bids
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs
@@ -17,8 +16,8 @@ from tests.test_step_one import _planted_pair
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    template, brain = mni152(resolution=2)
-    flair1, flair2, _ = _planted_pair((flair_like(template, brain), brain))
+    anatomy = mni152_anatomy(resolution=2)
+    flair1, flair2, _ = _planted_pair((anatomy.flair, anatomy.brain))
     noise = Scan(np.random.default_rng(3).normal(300, 30, flair2.shape).astype(np.float32), flair2.affine)
     root = tmp_path_factory.mktemp("pairs")
     write_bids(root / "bids", [

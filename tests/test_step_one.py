@@ -10,17 +10,16 @@ from msnl.config import StepOneConfig
 from msnl.errors import QualityControlError
 from msnl.preprocess import histogram_match, register_rigid_then_affine
 from msnl.scan import Scan
-from msnl.simulate import flair_like
 from msnl.step_one import StageTimer, run_step_one
-from msnl.template import mni152
+from msnl.template import mni152_anatomy
 
 LESION_WORLD_MM = (-26.0, -10.0, 26.0)  # left periventricular white matter, MNI
 
 
 @pytest.fixture(scope="module")
 def anatomy():
-    template, brain = mni152(resolution=2)
-    return flair_like(template, brain), brain
+    anatomy = mni152_anatomy(resolution=2)
+    return anatomy.flair, anatomy.brain
 
 
 def _planted_pair(anatomy, shift_vox=(2.0, -1.0, 1.0)):
@@ -30,7 +29,7 @@ def _planted_pair(anatomy, shift_vox=(2.0, -1.0, 1.0)):
     lesion[tuple(ijk)] = True
     lesion = ndimage.binary_dilation(lesion, iterations=2)  # a ~25-voxel, 200 mm³ ovoid
     visit2 = base.data.copy()
-    visit2[lesion] = 1.0
+    visit2[lesion] = 1.5  # FLAIR lesions outshine grey matter (1.0) and white matter (0.78)
     visit1 = ndimage.shift(base.data, shift_vox, order=1)
     scale = np.float32(1000)
     return Scan(visit1 * scale, base.affine), Scan(visit2 * scale, base.affine), lesion
