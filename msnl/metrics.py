@@ -53,3 +53,47 @@ def coverage(truth: LabelMap, covering: np.ndarray, min_lesion_mm3: float = MIN_
         return Coverage(0, 0)
     hit = np.asarray(ndimage.mean(covering.astype(bool), labels, scored))
     return Coverage(int((hit >= fraction).sum()), len(scored))
+
+
+@dataclass(frozen=True)
+class LesionScore:
+    """MSSEG-2 style scores of one predicted mask against its truth (same grid)."""
+
+    dice: float
+    truth_lesions: int
+    detected: int
+    predicted_lesions: int
+    true_predicted: int
+    fp_lesions: int
+    fp_volume_mm3: float
+
+    @property
+    def sensitivity(self) -> float:
+        return self.detected / self.truth_lesions if self.truth_lesions else float("nan")
+
+    @property
+    def ppv(self) -> float:
+        return self.true_predicted / self.predicted_lesions if self.predicted_lesions else float("nan")
+
+    @property
+    def f1(self) -> float:
+        s, p = self.sensitivity, self.ppv
+        if self.truth_lesions == 0 and self.predicted_lesions == 0:
+            return float("nan")
+        s, p = (0.0 if np.isnan(s) else s), (0.0 if np.isnan(p) else p)
+        return 2 * s * p / (s + p) if s + p else 0.0
+
+
+def score_lesions(pred: LabelMap, truth: LabelMap, min_lesion_mm3: float = MIN_LESION_MM3,
+                  fraction: float = DETECTION_FRACTION) -> LesionScore:
+    """A truth lesion is detected when >= `fraction` of its voxels are predicted; a predicted
+    lesion is true when >= `fraction` of its voxels are in the truth. Lesions under
+    `min_lesion_mm3` are not scored (either side). 26-connectivity."""
+    p, t = pred.data.astype(bool), truth.data.astype(bool)
+    t_labels, t_scored = lesions(truth, min_lesion_mm3)
+    p_labels, p_scored = lesions(pred, min_lesion_mm3)
+    detected = int((np.asarray(ndimage.mean(p, t_labels, t_scored)) >= fraction).sum()) if len(t_scored) else 0
+    true_frac = np.asarray(ndimage.mean(t, p_labels, p_scored)) if len(p_scored) else np.zeros(0)
+    false = p_scored[true_frac < fraction]
+    fp_volume = float(np.isin(p_labels, false).sum() * pred.voxel_volume) if len(false) else 0.0
+    return LesionScore(dice(p, t), len(t_scored), detected, len(p_scored), int((true_frac >= fraction).sum()), len(false), fp_volume)

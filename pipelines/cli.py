@@ -64,6 +64,30 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from msnl.config import CNNConfig
+    from pipelines.train import collect, prepare_pairs, train_and_save
+
+    cfg = CNNConfig() if args.epochs is None else replace(CNNConfig(), epochs=args.epochs)
+    pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), workers=args.workers)
+    pairs = [p for p in pairs if p.subject not in set(args.exclude)]
+    data = collect(pairs)
+    history = train_and_save(data, Path(args.out), cfg, args.seed, Path(args.init) if args.init else None)
+    print(f"train: weights written to {args.out} (loss {history[0]:.4f} -> {history[-1]:.4f}); "
+          f"loss curve {Path(args.out).with_suffix('.loss.png')}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import evaluate, format_report, to_json
+
+    report = evaluate(args.pred, args.truth)
+    print(to_json(report) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msnl",
@@ -113,6 +137,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "train",
+        help="train the patch CNN (or fine-tune it with --init) on labelled pairs",
+        description="Run step one on every pair of the SOURCES (simulated BIDS cohorts with truth under "
+        "derivatives/msnl-simulate, or real pairs in the Lesjak form), then train the patch CNN with the "
+        "paper's sampling and schedule. Writes the weights, with the seed and the data in their metadata, "
+        "and a loss curve beside them. Step-one results are kept in --work, so a re-run starts training at once.",
+    )
+    p.add_argument("sources", nargs="+", help="training sources (folders)")
+    p.add_argument("--out", required=True, help="where to write the weights (.pt)")
+    p.add_argument("--work", default="msnl-train-work", help="folder for step-one results (default ./msnl-train-work)")
+    p.add_argument("--init", default=None, metavar="WEIGHTS", help="start from these weights (fine-tuning)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--epochs", type=int, default=None, help="override the paper's 20 epochs")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="SUBJECT", help="leave these subjects out (e.g. patient01)")
+    p.add_argument("--workers", type=int, default=None, help="step-one worker processes (default: one per core)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted new-lesion masks against truth (MSSEG-2 metrics)",
+        description="Voxel Dice, and lesion-wise sensitivity, PPV and F1: a truth lesion is detected when at "
+        "least 10% of its voxels are predicted, a predicted lesion is true when at least 10% of its voxels "
+        "are in the truth; lesions under 3 mm³ are not scored; 26-connectivity. On lesion-free pairs, the "
+        "number and volume of false-positive lesions. A prediction on another grid is resampled onto the "
+        "truth's through world coordinates (nearest neighbour).",
+    )
+    p.add_argument("pred", help="a NIfTI mask, or a folder of BIDS-named masks (sub-<id>_ses-<id>_...)")
+    p.add_argument("truth", help="the same, for the truth; matched by subject and session")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
         "demo",

@@ -1,0 +1,127 @@
+"""Inference (paper §2.4): batched patches, closest-to-centre stitching, sigmoid, threshold.
+
+Arrays in (patches, bounding boxes, visit 2's grid), a new-lesion mask and a lesion table out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+
+from msnl.cnn import PatchCNN
+from msnl.config import CNNConfig
+from msnl.errors import InputError
+from msnl.patches import pad_batch, scale
+from msnl.scan import LabelMap
+
+DEFAULT_WEIGHTS = "patch_cnn.pt"
+_MAX_BATCH_VOXELS = 4_000_000  # keeps a padded batch of big patches within memory
+
+
+def default_weights_path() -> Path:
+    return Path(str(resources.files("msnl") / "weights" / DEFAULT_WEIGHTS))
+
+
+def load_weights(path: str | Path | None = None, device: torch.device | None = None) -> tuple[PatchCNN, CNNConfig, dict[str, Any]]:
+    """The model, its config and its metadata; the shipped weights when `path` is None."""
+    path = Path(path) if path else default_weights_path()
+    if not path.exists():
+        raise InputError("no such weights file. Train one with `msnl train`, or omit it to use the shipped weights.", path)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = CNNConfig.from_dict(saved["config"])
+        model = PatchCNN(cfg)
+        model.load_state_dict(saved["state_dict"])
+    except Exception as exc:
+        raise InputError(f"is not an msnl weights file ({type(exc).__name__}: {exc}). Use a file `msnl train` wrote.", path) from None
+    model.eval()
+    return model.to(device or torch.device("cpu")), cfg, {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+def weights_digest(path: str | Path | None = None) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path or default_weights_path()).read_bytes()).hexdigest()
+
+
+@torch.no_grad()
+def predict_patches(model: PatchCNN, patches: list[np.ndarray], cfg: CNNConfig, device: torch.device | None = None) -> list[np.ndarray]:
+    """Logits (X, Y, Z) for each (C, X, Y, Z) patch; batches group patches of similar size."""
+    device = device or next(model.parameters()).device
+    order = np.argsort([p[0].size for p in patches], kind="stable")
+    out: list[np.ndarray | None] = [None] * len(patches)
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and stop - start < cfg.inference_batch_size:
+            biggest = np.max([patches[i].shape[1:] for i in order[start : stop + 1]], axis=0)
+            if (stop + 1 - start) * int(np.prod(biggest)) > _MAX_BATCH_VOXELS:
+                break
+            stop += 1
+        chunk = [int(i) for i in order[start:stop]]
+        x, _, _ = pad_batch([torch.from_numpy(scale(patches[i], cfg)) for i in chunk])
+        logits = model(x.to(device)).float().cpu().numpy()
+        for j, i in enumerate(chunk):
+            sx, sy, sz = patches[i].shape[1:]
+            out[i] = logits[j, 0, :sx, :sy, :sz]
+        start = stop
+    return out  # type: ignore[return-value]
+
+
+def stitch(values: list[np.ndarray], boxes: list[tuple[tuple[int, int, int], tuple[int, int, int]]],
+           shape: tuple[int, int, int], spacing: tuple[float, float, float], fill: float = -np.inf) -> np.ndarray:
+    """One volume from overlapping patches: each voxel takes the value of the patch whose
+    centre is closest to it, in mm (paper §2.4). Voxels outside every patch get `fill`."""
+    out = np.full(shape, fill, dtype=np.float32)
+    best = np.full(shape, np.inf, dtype=np.float32)
+    sp = np.asarray(spacing, dtype=np.float32)
+    for value, (lo, hi) in zip(values, boxes):
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        centre = (np.asarray(lo) + np.asarray(hi) - 1) / 2.0
+        axes = [((np.arange(a, b) - c) * s) ** 2 for a, b, c, s in zip(lo, hi, centre, sp)]
+        dist = axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+        closer = dist < best[box]
+        best[box] = np.where(closer, dist, best[box])
+        out[box] = np.where(closer, value, out[box])
+    return out
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    mask: LabelMap
+    probability: np.ndarray
+    lesions: pd.DataFrame
+
+
+def segment(logits: np.ndarray, dmz: np.ndarray, grid: LabelMap, cfg: CNNConfig, infratentorial_dmz_mm: float) -> Segmentation:
+    """Sigmoid, threshold, and the table of new lesions (26-connected components)."""
+    prob = np.zeros(logits.shape, np.float32)
+    inside = np.isfinite(logits)
+    prob[inside] = 1.0 / (1.0 + np.exp(-logits[inside]))
+    mask = prob > cfg.threshold
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    index = np.arange(1, n + 1)
+    columns = ["lesion", "x_mm", "y_mm", "z_mm", "volume_mm3", "mean_probability", "infratentorial"]
+    if n == 0:
+        table = pd.DataFrame({c: pd.Series(dtype=bool if c == "infratentorial" else float) for c in columns})
+    else:
+        centroid = np.array(ndimage.center_of_mass(mask, labels, index)) @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+        table = pd.DataFrame({
+            "lesion": index,
+            "x_mm": centroid[:, 0], "y_mm": centroid[:, 1], "z_mm": centroid[:, 2],
+            "volume_mm3": np.bincount(labels.ravel())[1:] * grid.voxel_volume,
+            "mean_probability": np.asarray(ndimage.mean(prob, labels, index)),
+            "infratentorial": np.asarray(ndimage.mean(dmz, labels, index)) > infratentorial_dmz_mm,
+        })
+    return Segmentation(LabelMap(mask, grid.affine), prob, table)
+
+
+def boxes_of(table: pd.DataFrame) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    return [((int(r.lo_i), int(r.lo_j), int(r.lo_k)), (int(r.hi_i), int(r.hi_j), int(r.hi_k))) for r in table.itertuples()]

@@ -1,0 +1,49 @@
+"""The paper's batch sampling (§2.1): balanced TP/FP patches, plus 30% extra patches that lean
+towards infratentorial and false-positive ones.
+
+Drawing is separate from loading: `epoch_indices` returns which patches an epoch holds, from a
+seeded generator, and `batches` cuts them into batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from msnl.config import CNNConfig
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, n: int, fallback: np.ndarray) -> np.ndarray:
+    source = pool if len(pool) else fallback
+    return rng.choice(source, size=n, replace=True) if n and len(source) else np.zeros(0, dtype=int)
+
+
+def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig, rng: np.random.Generator) -> np.ndarray:
+    """Patch indices of one epoch, shuffled.
+
+    As many FP as TP patches, each drawn uniformly (the epoch holds 2 x #TP of them), then
+    `extra_share` more: `extra_infratentorial` of those infratentorial (`extra_infratentorial_tp`
+    of them TP, the rest FP) and the remainder supratentorial FP. When a pool is empty (say, no
+    infratentorial TP), its draws come from the nearest pool that isn't.
+    """
+    is_tp, infra = np.asarray(is_tp, bool), np.asarray(infratentorial, bool)
+    tp, fp = np.flatnonzero(is_tp), np.flatnonzero(~is_tp)
+    n_tp = len(tp)
+    if n_tp == 0 or len(fp) == 0:
+        raise ValueError("training needs both TP and FP patches")
+    base = np.concatenate([rng.choice(tp, n_tp, replace=True), rng.choice(fp, n_tp, replace=True)])
+    n_extra = int(round(cfg.extra_share * len(base)))
+    n_infra = int(round(cfg.extra_infratentorial * n_extra))
+    n_infra_tp = int(round(cfg.extra_infratentorial_tp * n_infra))
+    n_supra_fp = n_extra - n_infra
+    extra = np.concatenate([
+        _draw(rng, np.flatnonzero(is_tp & infra), n_infra_tp, tp),
+        _draw(rng, np.flatnonzero(~is_tp & infra), n_infra - n_infra_tp, fp),
+        _draw(rng, np.flatnonzero(~is_tp & ~infra), n_supra_fp, fp),
+    ])
+    out = np.concatenate([base, extra]).astype(int)
+    rng.shuffle(out)
+    return out
+
+
+def batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]

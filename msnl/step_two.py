@@ -1,0 +1,26 @@
+"""Step two of the method (paper §2), chained: step one's patches in, new-lesion mask out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from msnl.candidates import PATCH_CHANNELS
+from msnl.cnn import PatchCNN
+from msnl.config import CNNConfig, StepOneConfig
+from msnl.inference import Segmentation, boxes_of, predict_patches, segment, stitch
+from msnl.scan import LabelMap
+
+_DMZ = PATCH_CHANNELS.index("dmz")
+
+
+def run_step_two(table: pd.DataFrame, patches: list[np.ndarray], grid: LabelMap, model: PatchCNN,
+                 cfg: CNNConfig, step_one: StepOneConfig | None = None, device: torch.device | None = None) -> Segmentation:
+    """Predict every patch, stitch by closest centre, sigmoid, threshold, and tabulate lesions."""
+    step_one = step_one or StepOneConfig()
+    boxes = boxes_of(table)
+    logits = predict_patches(model, patches, cfg, device) if patches else []
+    volume = stitch(logits, boxes, grid.shape, grid.spacing)
+    dmz = stitch([p[_DMZ] for p in patches], boxes, grid.shape, grid.spacing, fill=0.0)
+    return segment(volume, dmz, grid, cfg, step_one.infratentorial_dmz_mm)

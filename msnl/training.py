@@ -1,0 +1,120 @@
+"""Training the patch CNN (paper §2.3) on patches built into batches with torchio.
+
+Seeded: the same data, config and seed give the same weights on the same machine (CPU).
+Progress is reported through a callback, so the command line can draw its own bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torchio as tio
+from torch.utils.data import DataLoader
+
+from msnl.cnn import PatchCNN
+from msnl.config import CNNConfig
+from msnl.patches import centre_crop, pad_batch, scale
+from msnl.sampling import batches, epoch_indices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSet:
+    """Patches (C, X, Y, Z; grey levels and distance maps in mm), their truth, and their flags."""
+
+    patches: list[np.ndarray] = field(default_factory=list)
+    truths: list[np.ndarray] = field(default_factory=list)
+    infratentorial: list[bool] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def add(self, patch: np.ndarray, truth: np.ndarray, infratentorial: bool, source: str) -> None:
+        self.patches.append(patch)
+        self.truths.append(truth.astype(bool))
+        self.infratentorial.append(bool(infratentorial))
+        self.sources.append(source)
+
+    @property
+    def is_tp(self) -> np.ndarray:
+        """A patch is TP when it holds truth voxels, FP otherwise (issue 5)."""
+        return np.array([t.any() for t in self.truths], dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+
+def _subjects(data: TrainingSet, cfg: CNNConfig) -> list[tio.Subject]:
+    subjects = []
+    for patch, truth in zip(data.patches, data.truths):
+        patch, truth = centre_crop(scale(patch, cfg), truth, cfg.train_max_patch)
+        subjects.append(tio.Subject(
+            flairs=tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(patch[:2]))),
+            maps=tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(patch[2:]))),
+            truth=tio.LabelMap(tensor=torch.from_numpy(np.ascontiguousarray(truth[None].astype(np.uint8)))),
+        ))
+    return subjects
+
+
+def augmentation(cfg: CNNConfig) -> tio.Transform:
+    """Paper §2.1: torchio's random noise and random bias field, each with probability 0.3,
+    on the two FLAIR channels only (distance maps are geometry, not signal)."""
+    p = cfg.augment_probability
+    return tio.Compose([tio.RandomNoise(p=p, include=["flairs"]), tio.RandomBiasField(p=p, include=["flairs"])])
+
+
+def _collate(subjects: list[tio.Subject]):
+    patches = [torch.cat([s["flairs"].data, s["maps"].data]).float() for s in subjects]
+    truths = [s["truth"].data[0].float() for s in subjects]
+    return pad_batch(patches, truths)
+
+
+def masked_bce(logits: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over real (unpadded) voxels only."""
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, truth, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def device_for() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+ProgressCallback = Callable[[int, int, int, float], None]  # epoch, batch, batches, loss
+
+
+def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None,
+          on_batch: ProgressCallback | None = None, device: torch.device | None = None) -> tuple[PatchCNN, list[float]]:
+    """Train (or fine-tune from `init`, a state dict) for `cfg.epochs`; returns the model and
+    the mean training loss per epoch."""
+    device = device or device_for()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = PatchCNN(cfg).to(device)
+    if init is not None:
+        model.load_state_dict(init)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=cfg.lr_step_epochs, gamma=cfg.lr_decay)
+    dataset = tio.SubjectsDataset(_subjects(data, cfg), transform=augmentation(cfg))
+    is_tp, infra = data.is_tp, np.asarray(data.infratentorial)
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        plan = batches(epoch_indices(is_tp, infra, cfg, rng), cfg.batch_size)
+        loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in plan], collate_fn=_collate)
+        losses = []
+        for i, (x, y, mask) in enumerate(loader):
+            x, y, mask = x.to(device), y.to(device), mask.to(device)
+            optimiser.zero_grad()
+            loss = masked_bce(model(x), y, mask)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss))
+            if on_batch:
+                on_batch(epoch, i, len(plan), losses[-1])
+        schedule.step()
+        history.append(float(np.mean(losses)))
+        log.info("epoch %d: loss %.4f", epoch + 1, history[-1])
+    return model, history

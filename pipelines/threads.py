@@ -1,0 +1,32 @@
+"""Thread caps for worker processes: ITK (antspyx) and torch each use every core by default,
+so two workers on two cores would fight over four threads."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+_VARS = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextmanager
+def capped_threads(per_worker: int) -> Iterator[None]:
+    """Set the thread caps that worker processes started inside this block inherit."""
+    saved = {v: os.environ.get(v) for v in _VARS}
+    os.environ.update({v: str(per_worker) for v in _VARS})
+    try:
+        yield
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
+def cap_this_process(per_worker: int) -> None:
+    """Cap threads inside an already running worker (torch reads its cap at call time)."""
+    import torch
+
+    torch.set_num_threads(per_worker)

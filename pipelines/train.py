@@ -1,0 +1,131 @@
+"""`msnl train`: step one on every training pair (in parallel), then the CNN.
+
+Training sources are simulated BIDS cohorts (truth under derivatives/msnl-simulate) or real
+pairs in the Lesjak form. Each is ingested into a work store and step one runs once per pair;
+a re-run reuses what is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import dask
+from dask.diagnostics import ProgressBar
+
+from msnl.config import StepOneConfig
+from pipelines.ingest import run_ingest
+from pipelines.threads import capped_threads
+from storage.pairs import process_pair
+from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, training_pairs, work_store
+
+log = logging.getLogger(__name__)
+
+
+def _step_one(pair: TrainingPair, cfg: StepOneConfig) -> tuple[TrainingPair, str, str]:
+    outcome = process_pair(pair.store, pair.subject, pair.from_visit, pair.to_visit, cfg)
+    return pair, outcome.status, outcome.message
+
+
+def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = None,
+                  workers: int | None = None, progress: bool = True) -> list[TrainingPair]:
+    """Ingest every source into its work store and run step one on each pair; returns the usable pairs."""
+    cfg = cfg or StepOneConfig()
+    pairs: list[TrainingPair] = []
+    for source in sources:
+        source = Path(source)
+        store = work_store(work, source)
+        ingest_from = lesjak_manifest(source, work) if is_lesjak(source) else source
+        summary = run_ingest(ingest_from, store, progress=False)
+        if summary.failed:
+            log.warning("%s: %d scans failed to ingest; their pairs are left out", source, summary.failed)
+        pairs += training_pairs(source, store)
+    workers = workers or min(os.cpu_count() or 1, max(len(pairs), 1))
+    tasks = [dask.delayed(_step_one, pure=False)(p, cfg) for p in pairs]
+    with capped_threads(max(1, (os.cpu_count() or 1) // workers)):
+        options = {"scheduler": "processes", "num_workers": workers, "chunksize": 1} if workers > 1 else {"scheduler": "sync"}
+        if progress:
+            print(f"train: step one on {len(pairs)} pairs ({workers} workers)")
+            with ProgressBar(minimum=1.0):
+                results = dask.compute(*tasks, **options)
+        else:
+            results = dask.compute(*tasks, **options)
+    usable = []
+    for pair, status, message in results:
+        if status in ("ok", "skipped"):
+            usable.append(pair)
+        else:
+            log.warning("%s left out of training: %s %s", pair.name, status, message)
+    return usable
+
+
+def collect(pairs: list[TrainingPair], progress: bool = True):
+    """All patches of `pairs` as a TrainingSet (read from the work stores)."""
+    from msnl.training import TrainingSet
+    from storage.training_data import pair_patches
+
+    data = TrainingSet()
+    for pair in pairs:
+        items, _ = pair_patches(pair)
+        for patch, truth, infra in items:
+            data.add(patch, truth, infra, pair.name)
+    if progress:
+        tp = int(data.is_tp.sum())
+        print(f"train: {len(data)} patches from {len(pairs)} pairs: {tp} TP, {len(data) - tp} FP, "
+              f"{int(sum(data.infratentorial))} infratentorial")
+    return data
+
+
+def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, progress: bool = True) -> list[float]:
+    """Train, then write the weights (with seed, data and history in their metadata) and a loss curve."""
+    import datetime
+
+    import torch
+    from tqdm import tqdm
+
+    from msnl import __version__
+    from msnl.inference import load_weights
+    from msnl.training import device_for, train
+
+    init_state = None
+    if init is not None:
+        model, _, _ = load_weights(init)
+        init_state = model.state_dict()
+    bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", disable=not progress)
+
+    def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
+        bar.set_postfix(batch=f"{i + 1}/{n}", loss=f"{loss:.4f}")
+        if i + 1 == n:
+            bar.update(1)
+
+    device = device_for()
+    model, history = train(data, cfg, seed, init_state, on_batch, device)
+    bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "config": cfg.to_dict(), "seed": seed, "history": history, "device": str(device),
+        "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
+        "init": None if init is None else str(init), "msnl_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }, out)
+    _loss_curve(history, out.with_suffix(".loss.png"))
+    return history
+
+
+def _loss_curve(history: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(range(1, len(history) + 1), history, marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("masked BCE (training)")
+    ax.set_yscale("log")
+    ax.set_title("msnl patch CNN training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,120 @@
+"""Training sources for the CNN: simulated BIDS cohorts (truth under derivatives/) and real
+pairs in the Lesjak longitudinal form. Each becomes a work store of ingested scans and a list
+of visit pairs whose new-lesion truth can be read on visit 2's grid."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import zarr
+
+from msnl.errors import InputError
+from msnl.resample import resample_labels
+from msnl.scan import LabelMap
+from storage.bids import DERIVATIVES, truth_path
+from storage.manifest import read_source
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """A visit pair of a work store, and where its truth lives."""
+
+    store: str
+    subject: str
+    from_visit: str
+    to_visit: str
+    truth: str  # a NIfTI mask
+    transform: str | None = None  # Lesjak: the common-grid truth needs study 2's transform, inverted
+    source: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{Path(self.source).name}:{self.subject}:{self.from_visit}-{self.to_visit}"
+
+
+def is_lesjak(folder: Path) -> bool:
+    return any((p / "study1_FLAIR.nii.gz").exists() for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else False
+
+
+def work_store(work: Path, source: Path) -> Path:
+    digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:10]
+    return work / f"{source.name}-{digest}.zarr"
+
+
+def lesjak_manifest(folder: Path, work: Path, patients: list[str] | None = None) -> Path:
+    """A CSV manifest of a Lesjak folder's pairs (patient -> visits 1 and 2)."""
+    rows = []
+    for patient in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "study1_FLAIR.nii.gz").exists()):
+        if patients is None or patient.name in patients:
+            rows += [(patient.name, str(v), str((patient / f"study{v}_FLAIR.nii.gz").resolve())) for v in (1, 2)]
+    manifest = work / f"{folder.name}-manifest.csv"
+    work.mkdir(parents=True, exist_ok=True)
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["subject", "visit", "path"])
+        writer.writerows(rows)
+    return manifest
+
+
+def training_pairs(source: Path, store: Path) -> list[TrainingPair]:
+    """Consecutive visit pairs of a source, with their truth files."""
+    if is_lesjak(source):
+        return [
+            TrainingPair(str(store), p.name, "1", "2", str(p / "newlesions.nii.gz"),
+                         str(p / "study2_FLAIR_to_common_space.txt"), str(source))
+            for p in sorted(source.iterdir()) if (p / "newlesions.nii.gz").exists()
+        ]
+    if not (source / DERIVATIVES).exists():
+        raise InputError(
+            f"has no truth under {DERIVATIVES}. Expected a cohort from `msnl simulate`, or real pairs in the "
+            "Lesjak form (patient folders with study1_FLAIR.nii.gz, study2_FLAIR.nii.gz, newlesions.nii.gz).",
+            source,
+        )
+    records, _ = read_source(source)
+    visits: dict[str, list[str]] = {}
+    for r in records:
+        visits.setdefault(r.subject, []).append(r.visit)
+    pairs = []
+    for subject, vs in sorted(visits.items()):
+        vs = sorted(vs)
+        for a, b in zip(vs, vs[1:]):
+            truth = truth_path(source, subject, b, "newlesions")
+            if truth.exists():
+                pairs.append(TrainingPair(str(store), subject, a, b, str(truth), None, str(source)))
+    return pairs
+
+
+def read_truth(pair: TrainingPair, grid: LabelMap) -> np.ndarray:
+    """The pair's new-lesion truth on `grid` (visit 2's grid), as booleans."""
+    img = nib.load(pair.truth)
+    truth = LabelMap((np.asarray(img.dataobj) > 0).astype(np.uint8), img.affine)
+    if pair.transform is None and truth.shape == grid.shape and np.allclose(truth.affine, grid.affine, atol=1e-3):
+        return truth.data > 0
+    return resample_labels(truth, grid, pair.transform, invert=pair.transform is not None).data > 0
+
+
+def pair_patches(pair: TrainingPair):
+    """The pair's step-one patches, each with its truth patch and infratentorial flag."""
+    from storage.pairs import read_candidates, read_pair_attrs
+
+    attrs = read_pair_attrs(pair.store, pair.subject, pair.from_visit, pair.to_visit)
+    table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit)
+    shape = _grid_shape(pair)
+    truth = read_truth(pair, LabelMap(np.zeros(shape, bool), np.asarray(attrs["affine"])))
+    out = []
+    for row, patch in zip(table.itertuples(), patches):
+        box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
+        out.append((patch, truth[box], bool(row.infratentorial)))
+    return out, truth
+
+
+def _grid_shape(pair: TrainingPair) -> tuple[int, ...]:
+    from storage.pairs import pair_key
+
+    group = zarr.open_group(Path(pair.store) / pair_key(pair.subject, pair.from_visit, pair.to_visit), mode="r")
+    return group["brain"].shape

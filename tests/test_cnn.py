@@ -1,0 +1,143 @@
+"""Step two: the network's wiring, the paper's sampling, stitching, metrics, and a tiny training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msnl.cnn import PatchCNN
+from msnl.config import CNNConfig, ConfigError
+from msnl.inference import stitch
+from msnl.metrics import score_lesions
+from msnl.sampling import batches, epoch_indices
+from msnl.scan import LabelMap
+from msnl.training import TrainingSet, masked_bce, train
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 3), (20, 14, 6), (5, 5, 5)])
+def test_output_has_the_patch_shape_and_one_channel(shape):
+    model = PatchCNN().eval()
+    assert model(torch.rand(3, 5, *shape)).shape == (3, 1, *shape)
+
+
+def test_distance_maps_and_skips_are_wired_as_in_the_paper():
+    torch.manual_seed(0)
+    cfg = CNNConfig(widths=(4, 5, 6, 7, 8, 9))
+    model = PatchCNN(cfg).eval()
+    seen = {}
+    for name in ("conv2", "conv4", "conv5"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (i[0], o)))
+    model.conv7.register_forward_hook(lambda m, i, o: seen.__setitem__("conv7", (i[0], o)))
+    x = torch.rand(2, 5, 8, 8, 4)
+    model(x)
+    conv4_in = seen["conv4"][0]
+    assert conv4_in.shape[1] == 6 + 3 and torch.equal(conv4_in[:, 6:], x[:, 2:5])  # DMs after conv3
+    conv5_in = seen["conv5"][0]
+    assert conv5_in.shape[1] == 7 + 5 and torch.equal(conv5_in[:, 7:], seen["conv2"][1])  # short skip
+    conv7_in = seen["conv7"][0]
+    assert conv7_in.shape[1] == 9 + 1 and torch.equal(conv7_in[:, 9:], x[:, 1:2])  # long skip: flair2
+    moved = x.clone()
+    moved[:, 2:5] += 1.0
+    assert not torch.allclose(model(moved), model(x))  # the distance maps matter
+
+
+def test_bad_widths_are_refused():
+    with pytest.raises(ConfigError):
+        CNNConfig(widths=(4, 4, 4))
+
+
+def test_sampling_proportions_over_many_epochs():
+    cfg = CNNConfig()
+    rng = np.random.default_rng(0)
+    n_tp, n_fp = 200, 2000
+    is_tp = np.r_[np.ones(n_tp, bool), np.zeros(n_fp, bool)]
+    infra = np.r_[rng.random(n_tp) < 0.1, rng.random(n_fp) < 0.1]
+    p_tp_infra, p_fp_infra = infra[:n_tp].mean(), infra[n_tp:].mean()
+    counts = np.zeros(4)
+    epochs = 300
+    for _ in range(epochs):
+        idx = epoch_indices(is_tp, infra, cfg, rng)
+        assert len(idx) == round(1.3 * 2 * n_tp)
+        t, i = is_tp[idx], infra[idx]
+        counts += [(t & i).sum(), (t & ~i).sum(), (~t & i).sum(), (~t & ~i).sum()]
+    n, extra = n_tp, 0.3 * 2 * n_tp
+    infra_extra = 0.85 * extra
+    expected = np.array([
+        n * p_tp_infra + 0.33 * infra_extra,  # infratentorial TP
+        n * (1 - p_tp_infra),  # supratentorial TP
+        n * p_fp_infra + 0.67 * infra_extra,  # infratentorial FP
+        n * (1 - p_fp_infra) + 0.15 * extra,  # supratentorial FP
+    ])
+    np.testing.assert_allclose(counts / epochs, expected, rtol=0.03)
+    assert [len(b) for b in batches(np.arange(70), 32)] == [32, 32, 6]
+
+
+def test_closest_centre_stitching_on_hand_made_overlaps():
+    # patch A covers i 0..5, patch B covers i 4..9 on a 10x1x1 line; they overlap on 4 and 5
+    a, b = np.full((6, 1, 1), 1.0), np.full((6, 1, 1), 2.0)
+    out = stitch([a, b], [((0, 0, 0), (6, 1, 1)), ((4, 0, 0), (10, 1, 1))], (12, 1, 1), (1.0, 1.0, 1.0))
+    # A's centre is 2.5, B's is 6.5: voxel 4 is 1.5 from A and 2.5 from B, voxel 5 is 2.5 from A and 1.5 from B
+    assert out[:, 0, 0].tolist()[:10] == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert np.isneginf(out[10:, 0, 0]).all()
+    # distances are in mm: on (1, 1, 3) mm voxels, voxel (0, 2, 3) is 1.5 slices (4.5 mm) from
+    # A's centre but 2.5 in-plane voxels (2.5 mm) from B's, so B wins although A is nearer in voxels
+    a, b = np.full((1, 3, 4), 7.0), np.full((1, 10, 1), 5.0)
+    out = stitch([a, b], [((0, 1, 0), (1, 4, 4)), ((0, 0, 3), (1, 10, 4))], (1, 10, 4), (1.0, 1.0, 3.0))
+    assert out[0, 2, 3] == 5.0 and out[0, 2, 2] == 7.0
+
+
+def _labels(shape, *boxes):
+    m = np.zeros(shape, bool)
+    for box in boxes:
+        m[box] = True
+    return LabelMap(m, np.eye(4))
+
+
+def test_lesion_metrics_on_hand_made_masks():
+    shape = (30, 30, 30)
+    truth = _labels(shape, np.s_[2:6, 2:6, 2:6], np.s_[20:24, 20:24, 20:24], np.s_[12, 12, 12])  # the last: 1 mm³, unscored
+    pred = _labels(shape, np.s_[2:6, 2:6, 2:3], np.s_[10:13, 25:28, 2:5])  # 25% of lesion 1; one FP (27 mm³)
+    s = score_lesions(pred, truth)
+    assert (s.truth_lesions, s.detected, s.predicted_lesions, s.true_predicted) == (2, 1, 2, 1)
+    assert s.sensitivity == 0.5 and s.ppv == 0.5 and s.f1 == pytest.approx(0.5)
+    assert (s.fp_lesions, s.fp_volume_mm3) == (1, 27.0)
+    assert s.dice == pytest.approx(2 * 16 / (16 + 27 + 64 + 64 + 1))
+    # the 10% rule: 6 of 64 voxels (9%) is a miss, 7 (11%) a hit
+    assert score_lesions(_labels(shape, np.s_[2:8, 2, 2]), _labels(shape, np.s_[2:6, 2:6, 2:6])).detected == 0
+    assert score_lesions(_labels(shape, np.s_[2:6, 2, 2:4]), _labels(shape, np.s_[2:6, 2:6, 2:6])).detected == 1
+    empty = score_lesions(_labels(shape), _labels(shape))
+    assert empty.fp_lesions == 0 and np.isnan(empty.f1)
+
+
+def _toy_set(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    data = TrainingSet()
+    for k in range(n):
+        patch = np.zeros((5, 10, 10, 4), np.float32)
+        patch[:2] = 3.0 + rng.normal(0, 0.2, (2, 10, 10, 4))
+        patch[2:] = rng.uniform(0, 50, (3, 1, 1, 1))
+        truth = np.zeros((10, 10, 4), bool)
+        if k % 2 == 0:
+            truth[3:7, 3:7, 1:3] = True
+            patch[1][truth] = 5.5
+        data.add(patch, truth, infratentorial=k % 7 == 0, source="toy")
+    return data
+
+
+def test_a_tiny_training_run_lowers_the_loss():
+    cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=4, batch_size=8, lr_step_epochs=10)
+    model, history = train(_toy_set(), cfg, seed=0, device=torch.device("cpu"))
+    assert history[-1] < 0.6 * history[0]
+    # and the result is reproducible
+    _, again = train(_toy_set(), cfg, seed=0, device=torch.device("cpu"))
+    assert again == history
+
+
+def test_masked_loss_ignores_padding():
+    logits = torch.zeros(1, 1, 2, 1, 1)
+    truth = torch.tensor([1.0, 0.0]).reshape(1, 1, 2, 1, 1)
+    mask = torch.tensor([1.0, 0.0]).reshape(1, 1, 2, 1, 1)
+    assert float(masked_bce(logits, truth, mask)) == pytest.approx(np.log(2))
+    logits[0, 0, 1] = 50.0  # a confident mistake in padding changes nothing
+    assert float(masked_bce(logits, truth, mask)) == pytest.approx(np.log(2))

@@ -1,0 +1,77 @@
+"""`msnl evaluate` on hand-made NIfTI masks: single files, BIDS folders, JSON, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from msnl.errors import InputError
+from msnl.inference import load_weights
+from pipelines.cli import main
+
+
+def _save(path, mask, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4) if affine is None else affine), path)
+    return path
+
+
+def _cube(shape, *slices):
+    m = np.zeros(shape, bool)
+    for s in slices:
+        m[s] = True
+    return m
+
+
+def test_single_files_and_json(tmp_path, capsys):
+    truth = _save(tmp_path / "t.nii.gz", _cube((20, 20, 20), np.s_[2:6, 2:6, 2:6], np.s_[12:16, 12:16, 12:16]))
+    pred = _save(tmp_path / "p.nii.gz", _cube((20, 20, 20), np.s_[2:6, 2:6, 2:6]))
+    assert main(["evaluate", str(pred), str(truth)]) == 0
+    out = capsys.readouterr().out
+    assert "sensitivity 0.500, PPV 1.000, F1 0.667" in out
+    assert main(["evaluate", "--json", str(pred), str(truth)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["lesion_f1"] == pytest.approx(2 / 3)
+    assert report["pairs"][0]["dice"] == pytest.approx(2 * 64 / (64 + 128))
+
+
+def test_bids_folders_match_by_subject_and_session_and_count_fps_on_lesion_free_pairs(tmp_path, capsys):
+    shape = (16, 16, 16)
+    lesion = _cube(shape, np.s_[2:6, 2:6, 2:6])
+    fp = _cube(shape, np.s_[10:13, 10:13, 10:13])
+    _save(tmp_path / "truth/sub-01/ses-02/sub-01_ses-02_desc-newlesions_mask.nii.gz", lesion)
+    _save(tmp_path / "truth/sub-02/ses-02/sub-02_ses-02_desc-newlesions_mask.nii.gz", np.zeros(shape, bool))
+    _save(tmp_path / "pred/sub-01_ses-02_desc-newlesions_mask.nii.gz", lesion)
+    _save(tmp_path / "pred/sub-02_ses-02_desc-newlesions_mask.nii.gz", fp)
+    assert main(["evaluate", "--json", str(tmp_path / "pred"), str(tmp_path / "truth")]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["lesion_free_pairs"] == 1 and summary["fp_lesions_per_lesion_free_pair"] == 1.0
+    assert summary["fp_volume_mm3_per_lesion_free_pair"] == 27.0
+    assert summary["lesion_sensitivity"] == 1.0 and summary["lesion_ppv"] == 0.5
+
+
+def test_prediction_on_another_grid_is_resampled_through_world_coordinates(tmp_path, capsys):
+    truth = _save(tmp_path / "t.nii.gz", _cube((20, 20, 20), np.s_[4:8, 4:8, 4:8]))
+    shifted = np.eye(4)
+    shifted[:3, 3] = [2, 0, 0]  # the prediction's grid starts 2 mm further along x
+    pred = _save(tmp_path / "p.nii.gz", _cube((20, 20, 20), np.s_[2:6, 4:8, 4:8]), shifted)
+    assert main(["evaluate", "--json", str(pred), str(truth)]) == 0
+    pair = json.loads(capsys.readouterr().out)["pairs"][0]
+    assert pair["resampled"] and pair["dice"] == pytest.approx(1.0)
+
+
+def test_missing_predictions_and_bad_weights_are_clear_errors(tmp_path, capsys):
+    _save(tmp_path / "truth/sub-01_ses-02_mask.nii.gz", _cube((8, 8, 8)))
+    _save(tmp_path / "pred/sub-09_ses-02_mask.nii.gz", _cube((8, 8, 8)))
+    _save(tmp_path / "truth/sub-03_ses-02_mask.nii.gz", _cube((8, 8, 8)))
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "truth")]) == 2
+    assert "no prediction for sub-01 ses-02" in capsys.readouterr().err
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(b"nope")
+    with pytest.raises(InputError, match="not an msnl weights file"):
+        load_weights(bad)
+    with pytest.raises(InputError, match="no such weights file"):
+        load_weights(tmp_path / "none.pt")
