@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import ants
@@ -18,8 +19,13 @@ def resample_labels(labels: LabelMap, reference: LabelMap, transform: str | Path
     the identity (resampling through world coordinates)."""
     moving = to_ants(Scan(labels.data.astype(np.float32), labels.affine))
     fixed = to_ants(Scan(np.zeros(reference.shape, np.float32), reference.affine))
-    out = ants.apply_transforms(
-        fixed, moving, transformlist=[str(transform)] if transform else [], interpolator="nearestNeighbor",
-        whichtoinvert=[invert] if transform else None,
-    )
+    with tempfile.TemporaryDirectory(prefix="msnl-tx-") as tmp:
+        transforms = []
+        if transform and invert:  # ANTs inverts only .mat files, so write the inverse as one
+            inverse = Path(tmp) / "inverse.mat"
+            ants.write_transform(ants.read_transform(str(transform)).invert(), str(inverse))
+            transforms = [str(inverse)]
+        elif transform:
+            transforms = [str(transform)]
+        out = ants.apply_transforms(fixed, moving, transformlist=transforms, interpolator="nearestNeighbor")
     return LabelMap(np.rint(out.numpy()).astype(labels.data.dtype), reference.affine)
