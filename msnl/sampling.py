@@ -20,17 +20,22 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, n: int, fallback: np.ndarr
 def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig, rng: np.random.Generator) -> np.ndarray:
     """Patch indices of one epoch, shuffled.
 
-    As many FP as TP patches, each drawn uniformly (the epoch holds 2 x #TP of them), then
+    As many FP as TP patches, each drawn uniformly (2 x #TP of them, or `patches_per_epoch`
+    less the extras), then
     `extra_share` more: `extra_infratentorial` of those infratentorial (`extra_infratentorial_tp`
     of them TP, the rest FP) and the remainder supratentorial FP. When a pool is empty (say, no
     infratentorial TP), its draws come from the nearest pool that isn't.
     """
     is_tp, infra = np.asarray(is_tp, bool), np.asarray(infratentorial, bool)
     tp, fp = np.flatnonzero(is_tp), np.flatnonzero(~is_tp)
-    n_tp = len(tp)
-    if n_tp == 0 or len(fp) == 0:
+    if len(tp) == 0 or len(fp) == 0:
         raise ValueError("training needs both TP and FP patches")
-    base = np.concatenate([rng.choice(tp, n_tp, replace=True), rng.choice(fp, n_tp, replace=True)])
+    if cfg.patches_per_epoch is None:
+        n_tp = n_fp = len(tp)
+    else:
+        n_base = int(round(cfg.patches_per_epoch / (1 + cfg.extra_share)))
+        n_tp, n_fp = n_base // 2, n_base - n_base // 2
+    base = np.concatenate([rng.choice(tp, n_tp, replace=True), rng.choice(fp, n_fp, replace=True)])
     n_extra = int(round(cfg.extra_share * len(base)))
     n_infra = int(round(cfg.extra_infratentorial * n_extra))
     n_infra_tp = int(round(cfg.extra_infratentorial_tp * n_infra))

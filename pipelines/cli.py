@@ -80,6 +80,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.run import run_cohort
+    from storage.results import open_results
+
+    summary = run_cohort(args.source, args.store, scheduler=args.scheduler, workers=args.workers,
+                         weights=args.weights, progress=not args.quiet)
+    for subject, interval, status, message in summary.failed:
+        print(f"  [failed] sub-{subject} {interval}: {status}: {message}", file=sys.stderr)
+    print(f"run: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
+          f"{len(summary.failed)} failed. Results: storage.open_results({str(args.store)!r})")
+    if not args.quiet:
+        results = open_results(args.store)
+        if results.sizes.get("subject"):
+            print(results[["new_lesion_count", "new_lesion_volume_mm3", "status"]].to_dataframe().to_string())
+    return 1 if summary.failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from storage.export import export
+
+    written = export(args.store, args.out)
+    print(f"export: {len(written) - 2} masks, intervals.csv and lesions.csv written under {args.out}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import evaluate, format_report, to_json
 
@@ -169,6 +194,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("truth", help="the same, for the truth; matched by subject and session")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "run",
+        help="run the whole method on a cohort, on a Dask cluster",
+        description="Ingest SOURCE into STORE (incrementally), form each subject's consecutive visit pairs, "
+        "run step one per interval and the CNN on batches of intervals, and store counts, volumes and "
+        "lesion tables. Results are keyed by the scans, the config and the weights: a re-run skips what is "
+        "done. Runs on a local cluster sized to the machine, or on --scheduler. Exit code 1 if any failed.",
+    )
+    p.add_argument("source", help="a BIDS folder or a CSV manifest, as for `msnl ingest`")
+    p.add_argument("store", help="the Zarr store")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use this Dask scheduler (tcp://host:8786)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument("--weights", default=None, help="CNN weights (default: the shipped ones)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "export",
+        help="write new-lesion masks as NIfTI (native space) and cohort CSVs",
+        description="For each processed interval, write the new-lesion mask in the later visit's own scanner "
+        "space with that FLAIR's header (qform and sform with their codes), BIDS-derivative named "
+        "sub-<id>/ses-<visit>/sub-<id>_ses-<visit>_desc-newlesions_mask.nii.gz, so it overlays in ITK-SNAP "
+        "or FSLeyes; plus intervals.csv (per-interval figures) and lesions.csv (every lesion).",
+    )
+    p.add_argument("store", help="the Zarr store")
+    p.add_argument("out", help="the folder to write")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
         "demo",

@@ -123,7 +123,7 @@ def _loss_curve(history: list[float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(range(1, len(history) + 1), history, marker="o")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("masked BCE (training)")
+    ax.set_ylabel("BCE + soft Dice (training)")
     ax.set_yscale("log")
     ax.set_title("msnl patch CNN training loss")
     fig.tight_layout()

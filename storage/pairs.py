@@ -77,7 +77,7 @@ def _table_dataset(table: pd.DataFrame, offsets: np.ndarray) -> xr.Dataset:
 def _attrs(subject, v1, v2, status, message, key, cfg, versions, extra) -> dict[str, Any]:
     return {
         "subject": subject, "from_visit": v1, "to_visit": v2, "status": status, "message": message,
-        "result_key": key, "config": cfg.to_dict(), "versions": versions, **extra,
+        "result_key": key, "config": cfg.to_dict(), "config_digest": cfg.digest(), "versions": versions, **extra,
     }
 
 

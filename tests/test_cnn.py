@@ -12,7 +12,7 @@ from msnl.inference import stitch
 from msnl.metrics import score_lesions
 from msnl.sampling import batches, epoch_indices
 from msnl.scan import LabelMap
-from msnl.training import TrainingSet, masked_bce, train
+from msnl.training import TrainingSet, masked_bce, masked_soft_dice, train
 
 
 @pytest.mark.parametrize("shape", [(7, 9, 3), (20, 14, 6), (5, 5, 5)])
@@ -48,7 +48,7 @@ def test_bad_widths_are_refused():
 
 
 def test_sampling_proportions_over_many_epochs():
-    cfg = CNNConfig()
+    cfg = CNNConfig(patches_per_epoch=None)
     rng = np.random.default_rng(0)
     n_tp, n_fp = 200, 2000
     is_tp = np.r_[np.ones(n_tp, bool), np.zeros(n_fp, bool)]
@@ -71,6 +71,8 @@ def test_sampling_proportions_over_many_epochs():
     ])
     np.testing.assert_allclose(counts / epochs, expected, rtol=0.03)
     assert [len(b) for b in batches(np.arange(70), 32)] == [32, 32, 6]
+    fixed = epoch_indices(is_tp, infra, CNNConfig(patches_per_epoch=1024), rng)
+    assert abs(len(fixed) - 1024) <= 1 and abs(is_tp[fixed].mean() - (0.5 / 1.3 + 0.3 * 0.85 * 0.33 / 1.3)) < 0.05
 
 
 def test_closest_centre_stitching_on_hand_made_overlaps():
@@ -126,7 +128,7 @@ def _toy_set(n=48, seed=0):
 
 
 def test_a_tiny_training_run_lowers_the_loss():
-    cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=4, batch_size=8, lr_step_epochs=10)
+    cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=4, batch_size=8, lr_step_epochs=10, patches_per_epoch=None)
     model, history = train(_toy_set(), cfg, seed=0, device=torch.device("cpu"))
     assert history[-1] < 0.6 * history[0]
     # and the result is reproducible
@@ -141,3 +143,12 @@ def test_masked_loss_ignores_padding():
     assert float(masked_bce(logits, truth, mask)) == pytest.approx(np.log(2))
     logits[0, 0, 1] = 50.0  # a confident mistake in padding changes nothing
     assert float(masked_bce(logits, truth, mask)) == pytest.approx(np.log(2))
+
+
+def test_soft_dice_rewards_confident_lesion_voxels_and_ignores_padding():
+    truth = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 1, 3, 1, 1)
+    mask = torch.tensor([1.0, 1.0, 0.0]).reshape(1, 1, 3, 1, 1)
+    right = torch.tensor([9.0, -9.0, 9.0]).reshape(1, 1, 3, 1, 1)  # the last voxel is padding
+    wrong = torch.tensor([-9.0, 9.0, -9.0]).reshape(1, 1, 3, 1, 1)
+    assert float(masked_soft_dice(right, truth, mask)) < 0.01
+    assert float(masked_soft_dice(wrong, truth, mask)) > 0.6

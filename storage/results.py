@@ -1,0 +1,129 @@
+"""Per-interval new-lesion results (step two) in the store, and the xarray view over them.
+
+    predictions/<subject>/<from-visit>/<to-visit>/
+        attrs      status, message, result_key (step one's key + weights digest), counts,
+                   volumes, weights digest
+        newlesions uint8 mask on visit 2's grid
+        lesions/   the lesion table (xarray, dimension "lesion")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from msnl.errors import StoreError
+from storage.cohort import COHORT
+from storage.layout import new_staging_dir, publish, store_path
+from storage.pairs import PAIRS, read_pair_attrs
+from storage.scans import CHUNK, _COMPRESSOR
+
+PREDICTIONS = "predictions"
+
+
+def prediction_key(subject: str, from_visit: str, to_visit: str) -> str:
+    return f"{PREDICTIONS}/{subject}/{from_visit}/{to_visit}"
+
+
+def read_prediction_attrs(store: str | Path, subject: str, from_visit: str, to_visit: str) -> dict[str, Any] | None:
+    path = store_path(store) / prediction_key(subject, from_visit, to_visit)
+    if not (path / "zarr.json").exists():
+        return None
+    return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+
+
+def write_prediction(store: str | Path, subject: str, from_visit: str, to_visit: str, key: str,
+                     mask: np.ndarray | None, lesions: pd.DataFrame | None, attrs: dict[str, Any]) -> None:
+    """Store one interval's result (or its failure, with `mask` None) atomically."""
+    staged_path = new_staging_dir(store)
+    group = zarr.open_group(staged_path, mode="w", zarr_format=3)
+    if mask is not None:
+        array = group.create_array("newlesions", shape=mask.shape, dtype=np.uint8,
+                                   chunks=tuple(min(CHUNK, s) for s in mask.shape), compressors=[_COMPRESSOR], fill_value=0)
+        array[...] = mask.astype(np.uint8)
+    group.attrs.update({"subject": subject, "from_visit": from_visit, "to_visit": to_visit, "result_key": key, **attrs})
+    if lesions is not None:
+        xr.Dataset({c: ("lesion", lesions[c].to_numpy()) for c in lesions.columns}).to_zarr(
+            staged_path, group="lesions", mode="w", zarr_format=3, consolidated=False)
+    publish(store, staged_path, prediction_key(subject, from_visit, to_visit))
+
+
+def read_prediction_mask(store: str | Path, subject: str, from_visit: str, to_visit: str) -> np.ndarray:
+    path = store_path(store) / prediction_key(subject, from_visit, to_visit)
+    return np.asarray(zarr.open_group(path, mode="r", zarr_format=3)["newlesions"][...]) > 0
+
+
+def _intervals(cohort: xr.Dataset) -> list[tuple[str, str, str]]:
+    out = []
+    for s in cohort.subject.values:
+        row = cohort.sel(subject=s)
+        present = [str(v) for v in row.visit.values if bool(row.present.sel(visit=v))]
+        dates = {v: row.acquired_on.sel(visit=v).values for v in present}
+        ordered = sorted(present, key=lambda v: (np.isnat(dates[v]), dates[v] if not np.isnat(dates[v]) else 0, v))
+        out += [(str(s), a, b) for a, b in zip(ordered, ordered[1:])]
+    return out
+
+
+def intervals(store: str | Path) -> list[tuple[str, str, str]]:
+    """Each subject's consecutive visit pairs, ordered by acquisition date (then label)."""
+    path = store_path(store)
+    return _intervals(xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load())
+
+
+def open_results(store: str | Path) -> xr.Dataset:
+    """Per-interval results over (subject, interval), with arm, site, dates and interval length.
+
+    An interval is named "<from-visit>-><to-visit>". Status is "pending" until processed.
+    """
+    path = store_path(store)
+    if not (path / COHORT / "zarr.json").exists():
+        raise StoreError(f"{path}: no cohort in this store yet. Run `msnl run SOURCE {path}`.")
+    cohort = xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load()
+    rows = []
+    for subject, a, b in _intervals(cohort):
+        step_one = read_pair_attrs(path, subject, a, b) or {}
+        pred = read_prediction_attrs(path, subject, a, b) or {}
+        status = pred.get("status") or (step_one.get("status") if step_one.get("status") not in (None, "ok") else "pending")
+        qc = step_one.get("qc", {})
+        start = cohort.acquired_on.sel(subject=subject, visit=a).values
+        end = cohort.acquired_on.sel(subject=subject, visit=b).values
+        rows.append({
+            "subject": subject, "interval": f"{a}->{b}", "from_visit": a, "to_visit": b,
+            "new_lesion_count": pred.get("new_lesion_count", -1) if status == "ok" else -1,
+            "new_lesion_volume_mm3": pred.get("new_lesion_volume_mm3", np.nan) if status == "ok" else np.nan,
+            "n_candidates": step_one.get("n_candidates", -1),
+            "status": status, "message": pred.get("message") or step_one.get("message", ""),
+            "registration_quality": qc.get("registration_correlation", np.nan),
+            "config_hash": step_one.get("config_digest", ""), "weights_hash": pred.get("weights_digest", ""),
+            "start": start, "end": end,
+        })
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return xr.Dataset(coords={"subject": np.array([], object), "interval": np.array([], object)})
+    ds = frame.set_index(["subject", "interval"]).to_xarray()
+    ds = ds.assign_coords(
+        arm=("subject", cohort.arm.sel(subject=ds.subject).values),
+        site=("subject", cohort.site.sel(subject=ds.subject).values),
+        interval_days=(ds.end - ds.start) / np.timedelta64(1, "D"),
+    )
+    return ds.set_coords(["from_visit", "to_visit", "start", "end"])
+
+
+def open_lesions(store: str | Path) -> pd.DataFrame:
+    """Every new lesion of every processed interval: subject, interval, centroid, volume, probability."""
+    path = store_path(store)
+    tables = []
+    for meta in sorted((path / PREDICTIONS).glob("*/*/*/lesions/zarr.json")):
+        group = meta.parent.parent
+        attrs = dict(zarr.open_group(group, mode="r", zarr_format=3).attrs)
+        table = xr.open_zarr(group, group="lesions", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
+        if len(table):
+            table.insert(0, "interval", f"{attrs['from_visit']}->{attrs['to_visit']}")
+            table.insert(0, "subject", attrs["subject"])
+            tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

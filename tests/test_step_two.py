@@ -1,0 +1,63 @@
+"""Step two end to end on arrays: predicted patches become a mask and a lesion table; weights
+are saved with their metadata, fine-tuned with --init, and the shipped ones load offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from msnl.config import CNNConfig, StepOneConfig
+from msnl.inference import default_weights_path, load_weights, segment
+from msnl.scan import LabelMap
+from pipelines.train import train_and_save
+from tests.test_cnn import _toy_set
+
+TINY = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=3, batch_size=8, lr_step_epochs=10, patches_per_epoch=None)
+
+
+def test_segment_thresholds_at_075_and_tabulates_lesions():
+    logits = np.full((20, 20, 10), -np.inf, np.float32)
+    logits[2:5, 2:5, 2:4] = 3.0  # p = 0.95: kept
+    logits[10:13, 10:13, 2:4] = 0.5  # p = 0.62: under 0.75, dropped
+    logits[15:17, 15:17, 5:7] = 1.5  # p = 0.82: kept
+    dmz = np.zeros(logits.shape, np.float32)
+    dmz[15:17, 15:17, 5:7] = 120.0
+    grid = LabelMap(np.zeros(logits.shape, bool), np.diag([1.0, 1.0, 2.0, 1.0]))
+    seg = segment(logits, dmz, grid, CNNConfig(), StepOneConfig().infratentorial_dmz_mm)
+    assert seg.mask.data.sum() == 18 + 8
+    table = seg.lesions.sort_values("volume_mm3").reset_index(drop=True)
+    assert table.volume_mm3.tolist() == [16.0, 36.0]
+    assert table.mean_probability.tolist() == pytest.approx([1 / (1 + np.exp(-1.5)), 1 / (1 + np.exp(-3.0))])
+    assert table.infratentorial.tolist() == [True, False]
+    assert (table.x_mm.iloc[1], table.z_mm.iloc[1]) == pytest.approx((3.0, 5.0))
+
+
+def test_no_patch_no_lesion():
+    grid = LabelMap(np.zeros((4, 4, 4), bool), np.eye(4))
+    seg = segment(np.full((4, 4, 4), -np.inf, np.float32), np.zeros((4, 4, 4)), grid, CNNConfig(), 90.0)
+    assert not seg.mask.data.any() and isinstance(seg.lesions, pd.DataFrame) and len(seg.lesions) == 0
+
+
+def test_weights_carry_seed_data_and_history_and_fine_tune_with_init(tmp_path):
+    path = tmp_path / "w.pt"
+    history = train_and_save(_toy_set(), path, TINY, seed=3, progress=False)
+    model, cfg, meta = load_weights(path)
+    assert cfg == TINY and meta["seed"] == 3 and meta["data"] == ["toy"] and meta["history"] == history
+    assert (tmp_path / "w.loss.png").stat().st_size > 1000
+    tuned = tmp_path / "tuned.pt"
+    again = train_and_save(_toy_set(seed=1), tuned, TINY, seed=4, init=path, progress=False)
+    assert again[0] < history[0]  # starting from trained weights, the first epoch is already better
+    assert load_weights(tuned)[2]["init"] == str(path)
+
+
+def test_shipped_weights_load_offline_and_predict():
+    path = default_weights_path()
+    if not path.exists():
+        pytest.fail(f"the package must ship its weights at {path}")
+    model, cfg, meta = load_weights()
+    assert cfg.threshold == 0.75 and meta["seed"] is not None and meta["data"]
+    assert path.stat().st_size < 5 * 2**20
+    with torch.no_grad():
+        assert model(torch.zeros(1, 5, 6, 6, 3)).shape == (1, 1, 6, 6, 3)
