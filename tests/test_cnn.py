@@ -128,7 +128,7 @@ def _toy_set(n=48, seed=0):
 
 
 def test_a_tiny_training_run_lowers_the_loss():
-    cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=4, batch_size=8, lr_step_epochs=10, patches_per_epoch=None)
+    cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=4, batch_size=8, lr_step_epochs=10, patches_per_epoch=128)
     model, history = train(_toy_set(), cfg, seed=0, device=torch.device("cpu"))
     assert history[-1] < 0.6 * history[0]
     # and the result is reproducible
