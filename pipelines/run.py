@@ -19,13 +19,11 @@ from tqdm import tqdm
 
 from msnl.config import StepOneConfig
 from pipelines.ingest import run_ingest
+from pipelines.threads import thread_env
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs
 from storage.results import intervals, read_prediction_attrs, write_prediction
 
 log = logging.getLogger(__name__)
-
-_WORKER_ENV = {v: "1" for v in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -106,7 +104,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
     cluster = None
     if scheduler is None:
         n = workers or max(1, min(os.cpu_count() or 1, len(todo)))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=_WORKER_ENV,
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1),
                                dashboard_address=None, memory_limit="6GiB")
     client = Client(scheduler or cluster)
     try:

@@ -10,11 +10,16 @@ from typing import Iterator
 _VARS = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+def thread_env(per_worker: int) -> dict[str, str]:
+    """The environment that caps a worker process's ITK, OpenMP and BLAS threads."""
+    return {v: str(per_worker) for v in _VARS}
+
+
 @contextmanager
 def capped_threads(per_worker: int) -> Iterator[None]:
     """Set the thread caps that worker processes started inside this block inherit."""
     saved = {v: os.environ.get(v) for v in _VARS}
-    os.environ.update({v: str(per_worker) for v in _VARS})
+    os.environ.update(thread_env(per_worker))
     try:
         yield
     finally:
@@ -24,9 +29,3 @@ def capped_threads(per_worker: int) -> Iterator[None]:
             else:
                 os.environ[v] = old
 
-
-def cap_this_process(per_worker: int) -> None:
-    """Cap threads inside an already running worker (torch reads its cap at call time)."""
-    import torch
-
-    torch.set_num_threads(per_worker)

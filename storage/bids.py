@@ -46,11 +46,16 @@ def truth_path(root: Path, subject: str, visit: str, desc: str) -> Path:
     return root / DERIVATIVES / f"sub-{subject}" / f"ses-{visit}" / "anat" / f"sub-{subject}_ses-{visit}_desc-{desc}_mask.nii.gz"
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
+def atomic_write(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(payload)
     os.replace(tmp, path)
+
+
+def save_image(img: nib.Nifti1Image, path: Path) -> None:
+    """Save a NIfTI image as .nii.gz, atomically and with no timestamp in the gzip header."""
+    atomic_write(path, gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
 
 
 def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -58,7 +63,7 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    _atomic_write(path, gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
+    save_image(img, path)
 
 
 def save_flair(scan: Scan, path: Path) -> None:
@@ -72,19 +77,19 @@ def save_mask(mask: LabelMap, path: Path) -> None:
 
 def write_sessions(root: Path, subject: str, sessions: Iterable[tuple[str, str]]) -> None:
     rows = "".join(f"ses-{visit}\t{when}\n" for visit, when in sorted(sessions))
-    _atomic_write(root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv", f"session_id\tacq_time\n{rows}".encode())
+    atomic_write(root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv", f"session_id\tacq_time\n{rows}".encode())
 
 
 def write_participants(root: Path, participants: dict[str, tuple[str, str]]) -> None:
     rows = "".join(f"sub-{s}\t{arm}\t{site}\n" for s, (arm, site) in sorted(participants.items()))
-    _atomic_write(root / "participants.tsv", f"participant_id\tarm\tsite\n{rows}".encode())
-    _atomic_write(root / "dataset_description.json", b'{"Name": "msnl cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw"}\n')
+    atomic_write(root / "participants.tsv", f"participant_id\tarm\tsite\n{rows}".encode())
+    atomic_write(root / "dataset_description.json", b'{"Name": "msnl cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw"}\n')
 
 
 def write_params(root: Path, subject: str, params: dict) -> None:
     path = root / DERIVATIVES / f"sub-{subject}" / f"sub-{subject}_desc-simulation_params.json"
-    _atomic_write(path, json.dumps(params, indent=1, sort_keys=True).encode())
-    _atomic_write(root / DERIVATIVES / "dataset_description.json",
+    atomic_write(path, json.dumps(params, indent=1, sort_keys=True).encode())
+    atomic_write(root / DERIVATIVES / "dataset_description.json",
                   b'{"Name": "msnl-simulate truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative"}\n')
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from storage.bids import _atomic_write
+from storage.bids import atomic_write, save_image
 from storage.results import open_lesions, open_results, read_prediction_mask
 from storage.scans import stored_scan_attrs
 
@@ -30,17 +30,11 @@ def export(store: str | Path, out: str | Path) -> list[Path]:
             img.set_qform(np.asarray(attrs["qform"]), code=int(attrs["qform_code"]))
             img.set_sform(np.asarray(attrs["sform"]), code=int(attrs["sform_code"]))
             path = out / f"sub-{subject}" / f"ses-{b}" / f"sub-{subject}_ses-{b}_desc-newlesions_mask.nii.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, _gz(img))
+            save_image(img, path)
             written.append(path)
     per_interval = out / "intervals.csv"
-    _atomic_write(per_interval, results.to_dataframe().reset_index().to_csv(index=False).encode())
+    atomic_write(per_interval, results.to_dataframe().reset_index().to_csv(index=False).encode())
     lesion_csv = out / "lesions.csv"
-    _atomic_write(lesion_csv, open_lesions(store).to_csv(index=False).encode())
+    atomic_write(lesion_csv, open_lesions(store).to_csv(index=False).encode())
     return written + [per_interval, lesion_csv]
 
-
-def _gz(img: nib.Nifti1Image) -> bytes:
-    import gzip
-
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)

@@ -35,7 +35,7 @@ from msnl.config import StepOneConfig
 from msnl.errors import MsnlError, QualityControlError, StoreError
 from msnl.step_one import StageTimer, StepOneResult, run_step_one, software_versions
 from storage.layout import new_staging_dir, open_root, publish, store_path
-from storage.scans import CHUNK, _COMPRESSOR, read_scan, stored_scan_attrs
+from storage.scans import CHUNK, COMPRESSOR, read_scan, stored_scan_attrs
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class PairOutcome:
 
 def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
     chunks = tuple(min(CHUNK, s) for s in data.shape) if data.ndim == 3 else (min(1 << 20, max(len(data), 1)),)
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=[_COMPRESSOR], fill_value=0)
+    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=[COMPRESSOR], fill_value=0)
     array[...] = data
 
 

@@ -21,7 +21,7 @@ from msnl.errors import StoreError
 from storage.cohort import COHORT
 from storage.layout import new_staging_dir, publish, store_path
 from storage.pairs import PAIRS, read_pair_attrs
-from storage.scans import CHUNK, _COMPRESSOR
+from storage.scans import CHUNK, COMPRESSOR
 
 PREDICTIONS = "predictions"
 
@@ -44,7 +44,7 @@ def write_prediction(store: str | Path, subject: str, from_visit: str, to_visit:
     group = zarr.open_group(staged_path, mode="w", zarr_format=3)
     if mask is not None:
         array = group.create_array("newlesions", shape=mask.shape, dtype=np.uint8,
-                                   chunks=tuple(min(CHUNK, s) for s in mask.shape), compressors=[_COMPRESSOR], fill_value=0)
+                                   chunks=tuple(min(CHUNK, s) for s in mask.shape), compressors=[COMPRESSOR], fill_value=0)
         array[...] = mask.astype(np.uint8)
     group.attrs.update({"subject": subject, "from_visit": from_visit, "to_visit": to_visit, "result_key": key, **attrs})
     if lesions is not None:

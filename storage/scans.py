@@ -28,7 +28,7 @@ from storage.manifest import ScanRecord
 log = logging.getLogger(__name__)
 
 CHUNK = 64
-_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 _AXES = ("i", "j", "k")
 
 
@@ -112,7 +112,7 @@ def write_scan(store: str | Path, record: ScanRecord, nifti: NiftiScan) -> None:
         shape=nifti.data.shape,
         dtype=nifti.data.dtype,
         chunks=tuple(min(CHUNK, s) for s in nifti.data.shape),
-        compressors=[_COMPRESSOR],
+        compressors=[COMPRESSOR],
         dimension_names=_AXES,
         fill_value=0,
     )
