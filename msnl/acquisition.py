@@ -35,12 +35,22 @@ class Acquisition:
         return asdict(self)
 
 
-def draw_acquisition(rng: np.random.Generator, max_rotation_deg: float = 5.0, max_translation_mm: float = 5.0) -> Acquisition:
-    """Head pose up to 5° and 5 mm, a 2D thick-slice or 3D protocol, bias, scale and noise."""
+PROTOCOLS = ("mixed", "2d")
+
+
+def draw_acquisition(rng: np.random.Generator, max_rotation_deg: float = 5.0, max_translation_mm: float = 5.0,
+                     protocol: str = "mixed") -> Acquisition:
+    """Head pose up to 5° and 5 mm, a 2D thick-slice or 3D protocol, bias, scale and noise.
+
+    `protocol="2d"` makes every visit a 1 x 1 x 3 mm 2D FLAIR, a common trial protocol and
+    the lightest to process (the demo uses it); the other draws are the same as for "mixed".
+    """
     thick = rng.random() < 0.7  # most follow-up FLAIRs in trials are 2D, thick-slice
     orientation = "axial" if rng.random() < 0.6 else str(rng.choice(["sagittal", "coronal"]))
     in_plane = float(rng.choice([0.7, 0.72, 0.9])) if thick else 1.0
     slice_mm = float(rng.choice([3.0, 3.0, 4.0])) if thick else 1.0
+    if protocol == "2d":
+        in_plane, slice_mm = 1.0, 3.0
     return Acquisition(
         rotation_deg=tuple(float(v) for v in rng.uniform(-max_rotation_deg, max_rotation_deg, 3)),
         translation_mm=tuple(float(v) for v in rng.uniform(-max_translation_mm, max_translation_mm, 3)),

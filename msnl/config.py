@@ -45,6 +45,9 @@ class StepOneConfig(_Serialisable):
     n4_shrink_factor: int = 4
     # Paper §1: rigid registration with ANTs, then "an affine registration of the two FLAIRs".
     registration: Literal["rigid+affine"] = "rigid+affine"
+    # Ours: ANTs samples metric points at random. A fixed seed makes a registration repeatable
+    # on a single-threaded worker (ITK's threads still change the sums, hence one per worker).
+    registration_seed: int = 1
     # Paper §1 uses FSL bet; bet is not available as a wheel, deepbet ships its weights in one.
     brain_mask_method: Literal["deepbet"] = "deepbet"
     brain_mask_threshold: float = 0.5
@@ -127,12 +130,17 @@ class CNNConfig(_Serialisable):
     # 23 x 23 x 24 mm, larger than most lesions). Inference never crops.
     train_max_patch: tuple[int, int, int] = (32, 32, 8)
     inference_batch_size: int = 64
+    # Ours: intervals per CNN task in `msnl run`. Enough to keep a GPU busy between model loads,
+    # few enough that the first results show early.
+    intervals_per_task: int = 4
 
     def __post_init__(self) -> None:
         if len(self.widths) != 6 or min(self.widths) < 1:
             raise ConfigError(f"widths must be six positive channel counts, got {self.widths}")
         if not 0 < self.threshold < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ConfigError("threshold must be in (0, 1); batch_size and epochs at least 1")
+        if self.inference_batch_size < 1 or self.intervals_per_task < 1:
+            raise ConfigError("inference_batch_size and intervals_per_task must be at least 1")
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

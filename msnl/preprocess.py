@@ -6,7 +6,9 @@ Each function takes and returns `Scan`s (arrays plus affines); ANTs does the hea
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import ants
 import numpy as np
@@ -29,10 +31,27 @@ class Registration:
     matrix: np.ndarray  # 4x4, maps fixed (visit 2) physical points to moving (visit 1) points
 
 
-def register_rigid_then_affine(moving: Scan, fixed: Scan) -> Registration:
-    """Rigid, then affine registration of `moving` onto `fixed` (paper §1), linear resampling."""
+@contextmanager
+def _ants_seed(seed: int) -> Iterator[None]:
+    """ANTsPy passes `--random-seed` to antsRegistration from this package setting (0.6 has no
+    per-call argument); set it for one registration and put the old value back."""
+    import ants.config
+
+    saved = ants.config._random_seed
+    ants.config._random_seed = seed
+    try:
+        yield
+    finally:
+        ants.config._random_seed = saved
+
+
+def register_rigid_then_affine(moving: Scan, fixed: Scan, seed: int = 1) -> Registration:
+    """Rigid, then affine registration of `moving` onto `fixed` (paper §1), linear resampling.
+
+    `seed` fixes ANTs' random sampling of metric points, so a run can be repeated exactly.
+    """
     fixed_img, moving_img = to_ants(fixed), to_ants(moving)
-    with tempfile.TemporaryDirectory(prefix="msnl-reg-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="msnl-reg-") as tmp, _ants_seed(seed):
         rigid = ants.registration(fixed_img, moving_img, type_of_transform="Rigid", outprefix=f"{tmp}/rigid_")
         affine = ants.registration(
             fixed_img,

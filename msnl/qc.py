@@ -45,3 +45,8 @@ def check_registration(correlation: float, cfg: StepOneConfig) -> None:
             "belong to this subject and cover the same anatomy.",
             {"registration_correlation": correlation},
         )
+
+
+# Ours: processed pairs whose registered visits correlate less than this inside the brain are
+# flagged for a human look (they passed QC, but good pairs sit near 0.9 and above).
+REVIEW_REGISTRATION_CORRELATION = 0.8

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
-from msnl.acquisition import Acquisition, acquire, draw_acquisition, grid_for, resample_to_native
+from msnl.acquisition import PROTOCOLS, Acquisition, acquire, draw_acquisition, grid_for, resample_to_native
 from msnl.errors import MsnlError
 from msnl.inpaint import inpaint
 from msnl.lesions import Lesion, draw_lesion, paint, soft_mask
@@ -34,6 +35,7 @@ class SimOptions:
     enlarging_share: float = 0.15
     sites: int = 3
     interval_days: int = 365
+    protocol: Literal["mixed", "2d"] = "mixed"  # "mixed": 2D thick-slice and 3D visits; "2d": every visit 1 x 1 x 3 mm 2D
 
     def __post_init__(self) -> None:
         if not self.arms:
@@ -45,6 +47,8 @@ class SimOptions:
                 raise SimulationError(f"arm {name}: the mean number of new lesions must be >= 0, got {mean}")
         if not 0 <= self.lesion_free_share <= 1:
             raise SimulationError(f"the share of lesion-free subjects must be in [0, 1], got {self.lesion_free_share}")
+        if self.protocol not in PROTOCOLS:
+            raise SimulationError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.sites < 1 or self.interval_days < 1 or self.dispersion <= 0:
             raise SimulationError("sites, interval days and dispersion must be positive")
 
@@ -123,7 +127,7 @@ def plan_subject(index: int, n_visits: int, seed: int, anatomies: list[Anatomy],
                 lesions[i] = Lesion(**{**grown.as_dict(), "growth_visit": visit, "growth": float(rng.uniform(1.3, 1.6))})
             else:
                 lesions.append(draw_lesion(rng, anatomy, onset=visit))
-    acquisitions = tuple(draw_acquisition(rng) for _ in range(n_visits))
+    acquisitions = tuple(draw_acquisition(rng, protocol=opts.protocol) for _ in range(n_visits))
     return SubjectPlan(index, f"{index + 1:03d}", arm, site, tuple(d.isoformat() for d in dates), lesion_free,
                        counts, tuple(lesions), acquisitions, anatomy.name, real_onsets)
 

@@ -74,15 +74,28 @@ class StepOneResult:
         return self.candidates.table
 
 
+def correct_visit(flair: Scan, cfg: StepOneConfig | None = None, timer: StageTimer | None = None) -> Scan:
+    """The per-visit part of step one: N4 bias correction. A visit shared by two intervals
+    (visit 2 of one, visit 1 of the next) needs it only once."""
+    cfg = cfg or StepOneConfig()
+    timer = timer or StageTimer()
+    with timer.stage("n4", "ants"):
+        return n4(flair, cfg.n4_shrink_factor)
+
+
 def run_step_one(flair1: Scan, flair2: Scan, cfg: StepOneConfig | None = None, timer: StageTimer | None = None) -> StepOneResult:
     """The whole of step one. Raises `QualityControlError` for a pair that plainly failed."""
     cfg = cfg or StepOneConfig()
     timer = timer or StageTimer()
-    with timer.stage("n4", "ants"):
-        v1 = n4(flair1, cfg.n4_shrink_factor)
-        v2 = n4(flair2, cfg.n4_shrink_factor)
+    return run_step_one_corrected(correct_visit(flair1, cfg, timer), correct_visit(flair2, cfg, timer), cfg, timer)
+
+
+def run_step_one_corrected(v1: Scan, v2: Scan, cfg: StepOneConfig | None = None, timer: StageTimer | None = None) -> StepOneResult:
+    """Step one after N4: both visits already bias-corrected by `correct_visit`."""
+    cfg = cfg or StepOneConfig()
+    timer = timer or StageTimer()
     with timer.stage("registration", "ants"):
-        reg = register_rigid_then_affine(v1, v2)
+        reg = register_rigid_then_affine(v1, v2, cfg.registration_seed)
     with timer.stage("brain_mask", "mask_model"):
         brain2 = brain_mask(v2, cfg.brain_mask_threshold)
         brain1 = brain_mask(reg.moved, cfg.brain_mask_threshold)

@@ -33,22 +33,42 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import make_demo_source
-    from pipelines.ingest import run_ingest
-    from storage import open_cohort
+    import shlex
+    import time
+
+    from pipelines.demo import DEMO_SUBJECTS, DEMO_VISITS, endpoint_report, run_demo
 
     root = Path(args.dir)
-    print(f"demo: writing the embedded demo cohort (MNI152 template) under {root / 'source'} ...")
-    source = make_demo_source(root / "source")
-    store = root / "store.zarr"
-    summary = run_ingest(source, store, progress=True)
-    _print_entries(summary.entries)
-    print(f"demo: {summary.count('ingested')} scans ingested, {summary.count('unchanged')} unchanged, into {store}")
-    cohort = open_cohort(store)
-    print(cohort.to_dataset())
-    print(f"demo: {len(cohort.leaves)} scans open lazily under cohort['scans/<subject>/<visit>'].flair; "
-          f"in Python: storage.open_cohort({str(store)!r})")
+    started = time.perf_counter()
+    print(f"demo: a simulated two-arm trial ({DEMO_SUBJECTS} subjects x {DEMO_VISITS} visits, from the MNI152 "
+          f"template bundled with nilearn) under {root}")
+    store, summary = run_demo(root, workers=args.workers)
+    for subject, interval, status, message in summary.failed:
+        print(f"  [failed] sub-{subject} {interval}: {status}: {message}", file=sys.stderr)
+    print(f"demo: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
+          f"{len(summary.failed)} failed, in {time.perf_counter() - started:.0f} s\n")
+    print(endpoint_report(store))
+    print(f"\nIn Python: storage.open_results({str(store)!r})")
+    print(f"Open the dashboard with:\n\n    msnl dashboard {shlex.quote(str(store))}\n")
     return 1 if summary.failed else 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+    from importlib.util import find_spec
+
+    store = Path(args.store)
+    if not (store / "zarr.json").exists():
+        raise MsnlError(f"{store}: no msnl store here. Make one with `msnl run SOURCE {store}` or `msnl demo`.")
+    spec = find_spec("dashboard.app")
+    if spec is None or spec.origin is None:
+        raise MsnlError("the dashboard app is not installed with this msnl; reinstall with `pip install -e .`")
+    command = [sys.executable, "-m", "streamlit", "run", spec.origin, "--server.address", args.host,
+               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "minimal"]
+    print(f"dashboard: http://{args.host}:{args.port}  (store {store}, read-only; Ctrl+C stops it)", flush=True)
+    # Become the server, so stopping this process (Ctrl+C, a signal, a test) stops the server too.
+    os.execve(sys.executable, command, {**os.environ, "MSNL_STORE": str(store.resolve())})
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -56,7 +76,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from pipelines.simulate import parse_arms, run_simulate
 
     opts = SimOptions(arms=parse_arms(args.arms), lesion_free_share=args.lesion_free_share, sites=args.sites,
-                      interval_days=args.interval_days)
+                      interval_days=args.interval_days, protocol=args.protocol)
     out = run_simulate(args.out, args.subjects, args.visits, args.seed, opts, args.real_lesions,
                        workers=args.workers, progress=not args.quiet)
     print(f"simulate: {args.subjects} subjects x {args.visits} visits written to {out} (truth under "
@@ -156,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of subjects with no new lesion at all (default 0.2; subject 1 is always lesion-free)")
     p.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
     p.add_argument("--interval-days", type=int, default=365, help="mean days between visits (default 365)")
+    p.add_argument("--protocol", choices=["mixed", "2d"], default="mixed",
+                   help="mixed: 2D thick-slice and 3D 1 mm visits (default); 2d: every visit 1 x 1 x 3 mm 2D")
     p.add_argument("--real-lesions", default=None, metavar="DIR",
                    help="a folder of real patients (sub-folders with FLAIR.nii.gz and lesions.nii.gz in MNI "
                    "space, like ../shared/data/lesjak-cross-sectional-mni) whose lesions become new lesions")
@@ -226,12 +248,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="run the main job on the embedded demo cohort",
-        description="Make a small cohort from the MNI152 template bundled with nilearn (no download), "
-        "ingest it into DIR/store.zarr and print the cohort as xarray shows it. A second run reuses "
-        "what is there.",
+        description="Simulate a small two-arm trial (6 subjects x 3 visits) from the MNI152 template "
+        "bundled with nilearn (no download), run the whole method on it into DIR/store.zarr, print the "
+        "per-arm endpoints and the command that opens the dashboard. A second run reuses what is there.",
     )
     p.add_argument("dir", nargs="?", default="msnl-demo", help="working folder (default: ./msnl-demo)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="open the Streamlit dashboard on a store (read-only)",
+        description="Serve the dashboard (cohort overview, endpoints, patient view) for STORE with "
+        "`streamlit run dashboard/app.py`. It only reads the store, refreshes while `msnl run` writes, "
+        "and binds to localhost unless --host says otherwise.",
+    )
+    p.add_argument("store", help="the Zarr store written by `msnl run`")
+    p.add_argument("--host", default="localhost", help="address to bind (default localhost)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.set_defaults(func=_cmd_dashboard)
     return parser
 
 

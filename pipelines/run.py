@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import numpy as np
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster, as_completed, get_worker
 from tqdm import tqdm
 
 from msnl.config import StepOneConfig
 from pipelines.ingest import run_ingest
 from pipelines.threads import thread_env
-from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs
-from storage.results import intervals, read_prediction_attrs, write_prediction
+from msnl.step_one import software_versions
+from storage.corrected import correct_stored_visit
+from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs, result_key
+from storage.scans import stored_scan_attrs
+from storage.results import intervals, read_prediction_attrs, single_visit_subjects, write_prediction
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ class RunSummary:
     done: int
     skipped: int
     failed: list[tuple[str, str, str, str]]  # subject, interval, status, message
+    reprocessed: int = 0  # done before, but with another config, software or weights
 
 
 def _prediction_key(step_one_key: str, weights_digest: str) -> str:
@@ -39,7 +45,13 @@ def _prediction_key(step_one_key: str, weights_digest: str) -> str:
     return hashlib.sha256(f"{step_one_key}:{weights_digest}".encode()).hexdigest()
 
 
-def step_one_task(store: str, subject: str, a: str, b: str, cfg: StepOneConfig) -> tuple[str, str, str, str, str]:
+def n4_task(store: str, subject: str, visit: str, cfg: StepOneConfig) -> tuple[str, str]:
+    """The per-visit part of step one (N4), stored so the visit's intervals share it."""
+    return correct_stored_visit(store, subject, visit, cfg)
+
+
+def step_one_task(store: str, subject: str, a: str, b: str, cfg: StepOneConfig, *after: object) -> tuple[str, str, str, str, str]:
+    """Step one of one interval; `after` holds the visits' N4 tasks, only so Dask runs those first."""
     outcome = process_pair(store, subject, a, b, cfg)
     return subject, a, b, outcome.status, outcome.message
 
@@ -48,14 +60,14 @@ _MODEL_CACHE: dict[str, tuple] = {}
 
 
 def cnn_task(store: str, batch: list[tuple[str, str, str]], weights: str | None, step_one: StepOneConfig) -> list[tuple[str, str, str, str, str]]:
-    """Step two for a batch of intervals; the model is loaded once per worker."""
+    """Step two for a batch of intervals; the model is loaded once per worker process."""
     import torch
 
     from msnl.inference import load_weights, weights_digest
     from msnl.scan import LabelMap
     from msnl.step_two import run_step_two
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(_worker_threads())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cache_key = f"{weights}:{device}"
     if cache_key not in _MODEL_CACHE:
@@ -69,9 +81,12 @@ def cnn_task(store: str, batch: list[tuple[str, str, str]], weights: str | None,
         table, patches = read_candidates(store, subject, a, b)
         brain = read_pair_array(store, subject, a, b, "brain")
         grid = LabelMap(brain > 0, np.asarray(attrs["affine"]))
+        started = time.perf_counter()
         seg = run_step_two(table, patches, grid, model, cfg, step_one, device)
+        seconds = time.perf_counter() - started
         write_prediction(store, subject, a, b, key, seg.mask.data, seg.lesions, {
-            "status": "ok", "message": "", "weights_digest": digest, "device": str(device),
+            "status": "ok", "message": "", "weights_digest": digest, "device": str(device), "worker": _worker_name(),
+            "timings": {"cnn": seconds},
             "new_lesion_count": int(len(seg.lesions)),
             "new_lesion_volume_mm3": float(seg.lesions.volume_mm3.sum()) if len(seg.lesions) else 0.0,
         })
@@ -79,62 +94,133 @@ def cnn_task(store: str, batch: list[tuple[str, str, str]], weights: str | None,
     return done
 
 
-def _is_done(store: str, subject: str, a: str, b: str, digest: str) -> bool:
+def _worker_threads() -> int:
+    try:
+        return max(1, get_worker().state.nthreads)
+    except ValueError:  # not inside a worker: the eager path
+        return 1
+
+
+def _worker_name() -> str:
+    try:
+        return str(get_worker().name)
+    except ValueError:
+        return "local"
+
+
+def interval_state(store: str, subject: str, a: str, b: str, cfg: StepOneConfig, digest: str, versions: dict) -> str:
+    """"new", "done", "failed" (done, and recorded as failed) or "stale" (done with other
+    inputs, config, software or weights)."""
     attrs = read_pair_attrs(store, subject, a, b)
+    if attrs is None:
+        return "new"
+    scans = [stored_scan_attrs(store, subject, v) for v in (a, b)]
+    if any(s is None for s in scans) or attrs.get("result_key") != result_key(scans[0]["sha256"], scans[1]["sha256"], cfg, versions):
+        return "stale"
+    if attrs.get("status") != "ok":
+        return "failed"
     pred = read_prediction_attrs(store, subject, a, b)
-    return bool(attrs and pred and attrs.get("status") == "ok" and pred.get("result_key") == _prediction_key(attrs["result_key"], digest))
+    if pred is None:
+        return "new"
+    return "done" if pred.get("result_key") == _prediction_key(attrs["result_key"], digest) else "stale"
+
+
+def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
+    n = workers or max(1, min(os.cpu_count() or 1, todo))
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1), preload=["pipelines.worker"],
+                        dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR)
+
+
+def _error(future) -> str:
+    exc = future.exception()
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None = None, workers: int | None = None,
-               weights: str | None = None, cfg: StepOneConfig | None = None, progress: bool = True) -> RunSummary:
+               weights: str | None = None, cfg: StepOneConfig | None = None, progress: bool = True,
+               cnn_batch: int | None = None) -> RunSummary:
+    """Ingest `source` into `store` (incrementally), then step one and the CNN on every interval
+    not already done with these inputs, config, software and weights."""
+    from msnl.config import CNNConfig
     from msnl.inference import weights_digest
 
     cfg = cfg or StepOneConfig()
+    cnn_batch = cnn_batch or CNNConfig().intervals_per_task
     store = str(store)
     summary = run_ingest(source, store, progress=progress)
-    todo_all = intervals(store)
-    digest = weights_digest(weights)
-    todo = [t for t in todo_all if not _is_done(store, *t, digest)]
-    skipped = len(todo_all) - len(todo)
+    digest, versions = weights_digest(weights), software_versions()
+    states = {t: interval_state(store, *t, cfg, digest, versions) for t in intervals(store)}
+    todo = [t for t, state in states.items() if state in ("new", "stale")]
+    stale = sum(state == "stale" for state in states.values())
     failed = [(e["subject"] or "?", e["visit"] or "?", "ingest_failed", e["message"]) for e in summary.entries if e["status"] == "failed"]
+    for (s, a, b), state in states.items():
+        if state == "failed":
+            attrs = read_pair_attrs(store, s, a, b) or {}
+            failed.append((s, f"{a}->{b}", attrs.get("status", "failed"), attrs.get("message", "")))
+    already = {entry[0] for entry in failed}
+    for subject in (s for s in single_visit_subjects(store) if s not in already):
+        failed.append((subject, "-", "single_visit", "only one usable visit: there is no interval to compare; "
+                       "add the subject's other visits to the source"))
+    skipped = len(states) - len(todo)
     if progress:
-        print(f"run: {len(todo_all)} intervals, {skipped} already done, {len(todo)} to process")
+        print(f"run: {len(states)} intervals, {skipped} already done, {len(todo)} to process")
+        if stale:
+            print(f"run: {stale} interval(s) were done with another config, software version or weights: reprocessing them")
     if not todo:
-        return RunSummary(len(todo_all), 0, skipped, failed)
-    cluster = None
-    if scheduler is None:
-        n = workers or max(1, min(os.cpu_count() or 1, len(todo)))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1),
-                               dashboard_address=None, memory_limit="6GiB")
+        return RunSummary(len(states), 0, skipped, failed, stale)
+    cluster = _start_cluster(len(todo), workers) if scheduler is None else None
     client = Client(scheduler or cluster)
+    done = 0
     try:
         has_gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info()["workers"].values())
         cnn_resources = {"GPU": 1} if has_gpu else None
-        futures = [client.submit(step_one_task, store, s, a, b, cfg, pure=False, key=f"step-one-{s}-{a}-{b}") for s, a, b in todo]
-        bar1 = tqdm(total=len(futures), desc="step one", unit="interval", disable=not progress)
-        bar2 = tqdm(total=len(todo), desc="CNN     ", unit="interval", disable=not progress)
-        pending, cnn_futures, done, finished = [], [], 0, 0
-        for future in as_completed(futures):
-            subject, a, b, status, message = future.result()
-            finished += 1
-            bar1.update(1)
-            if status in ("ok", "skipped"):
-                pending.append((subject, a, b))
+        visits = sorted({(s, v) for s, a, b in todo for v in (a, b)})
+        n4 = {(s, v): client.submit(n4_task, store, s, v, cfg, pure=False, key=f"n4-{s}-{v}-{uuid4().hex[:8]}") for s, v in visits}
+        futures = [client.submit(step_one_task, store, s, a, b, cfg, n4[(s, a)], n4[(s, b)], pure=False,
+                                 key=f"step-one-{s}-{a}-{b}-{uuid4().hex[:8]}") for s, a, b in todo]
+        bars = [tqdm(total=total, desc=desc, unit=unit, disable=not progress, position=i)
+                for i, (total, desc, unit) in enumerate(((len(n4), "N4      ", "visit"), (len(futures), "step one", "interval"),
+                                                         (len(todo), "CNN     ", "interval")))]
+        n4_futures, interval_of = set(n4.values()), dict(zip(futures, todo))
+        batch_of: dict = {}
+        pending, finished = [], 0
+        queue = as_completed(list(n4.values()) + futures)
+        for future in queue:
+            if future in n4_futures:
+                bars[0].update(1)
+            elif future in interval_of:
+                finished += 1
+                bars[1].update(1)
+                if future.status == "error":
+                    (subject, a, b), status, message = interval_of[future], "failed", _error(future)
+                else:
+                    subject, a, b, status, message = future.result()
+                if status in ("ok", "skipped"):
+                    pending.append((subject, a, b))
+                else:
+                    failed.append((subject, f"{a}->{b}", status, message))
+                    bars[2].update(1)
+                    tqdm.write(f"run: sub-{subject} {a}->{b} failed: {status}: {message}")
+                if len(pending) >= cnn_batch or (finished == len(futures) and pending):
+                    cnn = client.submit(cnn_task, store, pending, weights, cfg, resources=cnn_resources, pure=False,
+                                        key=f"cnn-{uuid4().hex}")
+                    batch_of[cnn] = pending
+                    queue.add(cnn)
+                    pending = []
+            elif future.status == "error":
+                message = _error(future)
+                for subject, a, b in batch_of[future]:
+                    failed.append((subject, f"{a}->{b}", "cnn_failed", message))
+                    tqdm.write(f"run: sub-{subject} {a}->{b} failed in the CNN: {message}")
+                bars[2].update(len(batch_of[future]))
             else:
-                failed.append((subject, f"{a}->{b}", status, message))
-                bar2.update(1)
-                tqdm.write(f"run: sub-{subject} {a}->{b} failed: {status}: {message}")
-            if len(pending) >= 4 or (finished == len(futures) and pending):  # several intervals per CNN task
-                cnn_futures.append(client.submit(cnn_task, store, pending, weights, cfg, resources=cnn_resources, pure=False))
-                pending = []
-        for future in as_completed(cnn_futures):
-            finished = future.result()
-            done += len(finished)
-            bar2.update(len(finished))
-        bar1.close()
-        bar2.close()
+                result = future.result()
+                done += len(result)
+                bars[2].update(len(result))
+        for bar in bars:
+            bar.close()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    return RunSummary(len(todo_all), done, skipped, failed)
+    return RunSummary(len(states), done, skipped, failed, stale)

@@ -3,7 +3,7 @@
 from storage.cohort import open_cohort, write_cohort_table
 from storage.manifest import ScanRecord, SourceProblem, read_source
 from storage.report import read_ingest_reports, write_ingest_report
-from storage.results import open_lesions, open_results
+from storage.results import open_interval, open_lesions, open_results, results_stamp
 from storage.scans import IngestOutcome, ingest_scan, lazy_scan, read_scan
 
 __all__ = [
@@ -13,11 +13,13 @@ __all__ = [
     "ingest_scan",
     "lazy_scan",
     "open_cohort",
+    "open_interval",
     "open_lesions",
     "open_results",
     "read_ingest_reports",
     "read_scan",
     "read_source",
+    "results_stamp",
     "write_cohort_table",
     "write_ingest_report",
 ]

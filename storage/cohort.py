@@ -28,7 +28,12 @@ def _strings(values: list[str]) -> np.ndarray:
 
 def cohort_table(store: str | Path) -> xr.Dataset:
     """Build the cohort table from the attributes of every complete scan in the store."""
-    rows = list_scans(store)
+    return cohort_table_from_rows(list_scans(store))
+
+
+def cohort_table_from_rows(rows: list[dict]) -> xr.Dataset:
+    """The cohort table from scan attributes (subject, visit, sha256, source_path,
+    orientation, spacing, and optionally acquired_on, arm, site)."""
     subjects = sorted({r["subject"] for r in rows})
     visits = sorted({r["visit"] for r in rows})
     shape = (len(subjects), len(visits))
@@ -64,10 +69,11 @@ def cohort_table(store: str | Path) -> xr.Dataset:
     return ds
 
 
-def write_cohort_table(store: str | Path) -> xr.Dataset:
-    """Rebuild the stored cohort table from the scans; atomic, so a crash leaves the old one."""
+def write_cohort_table(store: str | Path, rows: list[dict] | None = None) -> xr.Dataset:
+    """Rebuild the stored cohort table from the scans (or from `rows` of scan attributes);
+    atomic, so a crash leaves the old one."""
     open_root(store)
-    ds = cohort_table(store)
+    ds = cohort_table(store) if rows is None else cohort_table_from_rows(rows)
     staged = new_staging_dir(store)
     ds.to_zarr(staged, mode="w", zarr_format=3, consolidated=False)
     publish(store, staged, COHORT)

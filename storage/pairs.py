@@ -33,7 +33,9 @@ import zarr
 from msnl.candidates import PATCH_CHANNELS
 from msnl.config import StepOneConfig
 from msnl.errors import MsnlError, QualityControlError, StoreError
-from msnl.step_one import StageTimer, StepOneResult, run_step_one, software_versions
+from msnl.scan import Scan
+from msnl.step_one import StageTimer, StepOneResult, correct_visit, run_step_one_corrected, software_versions
+from storage.corrected import read_corrected
 from storage.layout import new_staging_dir, open_root, publish, store_path
 from storage.scans import CHUNK, COMPRESSOR, read_scan, stored_scan_attrs
 
@@ -98,6 +100,12 @@ def _write_result(staged: zarr.Group, result: StepOneResult) -> np.ndarray:
     return offsets
 
 
+def _corrected(store: str | Path, subject: str, visit: str, cfg: StepOneConfig, timer: StageTimer) -> Scan:
+    """The visit after N4: from `corrected/` when a per-visit task already made it."""
+    stored = read_corrected(store, subject, visit, cfg)
+    return stored if stored is not None else correct_visit(read_scan(store, subject, visit), cfg, timer)
+
+
 def process_pair(store: str | Path, subject: str, from_visit: str, to_visit: str,
                  cfg: StepOneConfig | None = None, timer: StageTimer | None = None) -> PairOutcome:
     """Run step one on a stored visit pair and store the result; a no-op when already done.
@@ -121,7 +129,8 @@ def process_pair(store: str | Path, subject: str, from_visit: str, to_visit: str
     staged = zarr.open_group(staged_path, mode="w", zarr_format=3)
     extra = {"sha256": [attrs1["sha256"], attrs2["sha256"]], "affine": attrs2["affine"]}
     try:
-        result = run_step_one(read_scan(store, subject, from_visit), read_scan(store, subject, to_visit), cfg, timer)
+        v1, v2 = (_corrected(store, subject, visit, cfg, timer) for visit in (from_visit, to_visit))
+        result = run_step_one_corrected(v1, v2, cfg, timer)
     except QualityControlError as exc:
         staged.attrs.update(_attrs(subject, from_visit, to_visit, exc.status, str(exc), key, cfg, versions, {**extra, "qc": exc.figures}))
         publish(store, staged_path, pair_key(subject, from_visit, to_visit))

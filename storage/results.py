@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import zarr
 from msnl.errors import StoreError
 from storage.cohort import COHORT
 from storage.layout import new_staging_dir, publish, store_path
-from storage.pairs import PAIRS, read_pair_attrs
+from storage.pairs import PAIRS, pair_key
 from storage.scans import CHUNK, COMPRESSOR
 
 PREDICTIONS = "predictions"
@@ -30,11 +31,17 @@ def prediction_key(subject: str, from_visit: str, to_visit: str) -> str:
     return f"{PREDICTIONS}/{subject}/{from_visit}/{to_visit}"
 
 
-def read_prediction_attrs(store: str | Path, subject: str, from_visit: str, to_visit: str) -> dict[str, Any] | None:
-    path = store_path(store) / prediction_key(subject, from_visit, to_visit)
-    if not (path / "zarr.json").exists():
+def _group_attrs(path: Path) -> dict[str, Any] | None:
+    """A group's attributes straight from its zarr.json: a fraction of opening the group,
+    which counts when a dashboard reads thousands of them."""
+    try:
+        return dict(json.loads((path / "zarr.json").read_text()).get("attributes", {}))
+    except FileNotFoundError:
         return None
-    return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+
+
+def read_prediction_attrs(store: str | Path, subject: str, from_visit: str, to_visit: str) -> dict[str, Any] | None:
+    return _group_attrs(store_path(store) / prediction_key(subject, from_visit, to_visit))
 
 
 def write_prediction(store: str | Path, subject: str, from_visit: str, to_visit: str, key: str,
@@ -75,6 +82,14 @@ def intervals(store: str | Path) -> list[tuple[str, str, str]]:
     return _intervals(xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load())
 
 
+def single_visit_subjects(store: str | Path) -> list[str]:
+    """Subjects with fewer than two stored visits: there is no interval to compare."""
+    path = store_path(store)
+    cohort = xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load()
+    counts = cohort.present.sum("visit")
+    return [str(s) for s in cohort.subject.values[counts.values < 2]]
+
+
 def open_results(store: str | Path) -> xr.Dataset:
     """Per-interval results over (subject, interval), with arm, site, dates and interval length.
 
@@ -86,7 +101,7 @@ def open_results(store: str | Path) -> xr.Dataset:
     cohort = xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load()
     rows = []
     for subject, a, b in _intervals(cohort):
-        step_one = read_pair_attrs(path, subject, a, b) or {}
+        step_one = _group_attrs(path / pair_key(subject, a, b)) or {}
         pred = read_prediction_attrs(path, subject, a, b) or {}
         status = pred.get("status") or (step_one.get("status") if step_one.get("status") not in (None, "ok") else "pending")
         qc = step_one.get("qc", {})
@@ -107,8 +122,8 @@ def open_results(store: str | Path) -> xr.Dataset:
         return xr.Dataset(coords={"subject": np.array([], object), "interval": np.array([], object)})
     ds = frame.set_index(["subject", "interval"]).to_xarray()
     ds = ds.assign_coords(
-        arm=("subject", cohort.arm.sel(subject=ds.subject).values),
-        site=("subject", cohort.site.sel(subject=ds.subject).values),
+        arm=("subject", np.array([str(v) for v in cohort.arm.sel(subject=ds.subject).values], dtype=object)),
+        site=("subject", np.array([str(v) for v in cohort.site.sel(subject=ds.subject).values], dtype=object)),
         interval_days=(ds.end - ds.start) / np.timedelta64(1, "D"),
     )
     return ds.set_coords(["from_visit", "to_visit", "start", "end"])
@@ -127,3 +142,42 @@ def open_lesions(store: str | Path) -> pd.DataFrame:
             table.insert(0, "subject", attrs["subject"])
             tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def results_stamp(store: str | Path) -> tuple[int, int, float]:
+    """A cheap fingerprint of the results: it changes whenever a result is published.
+
+    (number of step-one results, number of predictions, latest modification time). Readers
+    such as the dashboard use it to reload only when a run has written something new.
+    """
+    path = store_path(store)
+    stamps = []
+    for top in (PAIRS, PREDICTIONS):
+        metas = list((path / top).glob("*/*/*/zarr.json"))
+        stamps.append((len(metas), max((m.stat().st_mtime for m in metas), default=0.0)))
+    cohort = path / COHORT / "zarr.json"
+    latest = max(stamps[0][1], stamps[1][1], cohort.stat().st_mtime if cohort.exists() else 0.0)
+    return stamps[0][0], stamps[1][0], latest
+
+
+def open_interval(store: str | Path, subject: str, from_visit: str, to_visit: str) -> xr.Dataset:
+    """One interval's images on the later visit's grid, lazily (Dask): `flair1` (registered and
+    histogram-matched), `flair2` (N4-corrected), `brain` and `newlesions` (when predicted).
+
+    The affine (voxel -> scanner mm) of that grid is in the attributes.
+    """
+    import dask.array as da
+
+    path = store_path(store) / pair_key(subject, from_visit, to_visit)
+    attrs = _group_attrs(path)
+    if attrs is None or attrs.get("status") != "ok":
+        state = "not processed yet" if attrs is None else f"{attrs.get('status')}: {attrs.get('message')}"
+        raise StoreError(f"{path}: sub-{subject} {from_visit}->{to_visit} has no images ({state}).")
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    dims = ("i", "j", "k")
+    data = {name: (dims, da.from_zarr(group[name])) for name in ("flair1", "flair2", "brain")}
+    pred = store_path(store) / prediction_key(subject, from_visit, to_visit)
+    if (pred / "newlesions" / "zarr.json").exists():
+        data["newlesions"] = (dims, da.from_zarr(zarr.open_group(pred, mode="r", zarr_format=3)["newlesions"]))
+    return xr.Dataset(data, attrs={"affine": attrs["affine"], "subject": subject,
+                                   "from_visit": from_visit, "to_visit": to_visit})

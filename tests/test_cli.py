@@ -1,4 +1,4 @@
-"""The command line explains itself, and the demo runs twice (the second time as a no-op)."""
+"""The command line explains itself."""
 
 from __future__ import annotations
 
@@ -25,11 +25,3 @@ def test_every_subcommand_explains_itself(capsys):
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith(f"usage: msnl {name}") and len(out.splitlines()) > 4
-
-
-def test_demo_runs_then_reruns_as_a_no_op(tmp_path, capsys):
-    assert main(["demo", str(tmp_path / "demo")]) == 0
-    first = capsys.readouterr().out
-    assert "4 scans ingested" in first and "placebo" in first and "acquired_on" in first
-    assert main(["demo", str(tmp_path / "demo")]) == 0
-    assert "0 scans ingested, 4 unchanged" in capsys.readouterr().out

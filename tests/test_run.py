@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_run_processes_the_cohort_records_a_bad_subject_and_reruns_as_a_no_op(tmp_path, capsys):
-    source = make_demo_source(tmp_path / "bids")
+    source = make_demo_source(tmp_path / "bids", subjects=2, visits=2)
     bad = source / "sub-003" / "ses-01" / "anat"
     bad.mkdir(parents=True)
     (bad / "sub-003_ses-01_FLAIR.nii.gz").write_bytes(b"not an image")
@@ -40,7 +40,7 @@ def test_run_processes_the_cohort_records_a_bad_subject_and_reruns_as_a_no_op(tm
 def test_export_writes_masks_with_the_source_header(tmp_path, capsys):
     import nibabel as nib
 
-    source = make_demo_source(tmp_path / "bids")
+    source = make_demo_source(tmp_path / "bids", subjects=2, visits=2)
     store = tmp_path / "store.zarr"
     main(["run", "-q", str(source), str(store)])
     assert main(["export", str(store), str(tmp_path / "out")]) == 0

@@ -1,0 +1,41 @@
+"""`msnl demo` end to end (slow: about 8 minutes on 2 cores), then the dashboard on its store."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pipelines.cli import main
+from storage import open_results
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_prints_endpoints_and_the_dashboard_command_then_reruns_as_a_no_op(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "demo"
+    assert main(["demo", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "12 intervals: 12 processed, 0 already done, 0 failed" in out
+    assert re.search(r"^placebo\s+01->02\s+3\s+0", out, re.M) and re.search(r"^active\s+02->03\s+3\s+0", out, re.M)
+    assert "rate ratio active vs placebo" in out
+    command = re.search(r"^\s+(msnl dashboard \S+)$", out, re.M).group(1)
+    assert command == f"msnl dashboard {root / 'store.zarr'}"
+    results = open_results(root / "store.zarr")
+    assert results.sizes == {"subject": 6, "interval": 2} and (results.status == "ok").all()
+    assert set(results.arm.values) == {"placebo", "active"} and (results.interval_days > 300).all()
+
+    started = time.perf_counter()
+    assert main(["demo", str(root)]) == 0
+    assert "12 intervals: 0 processed, 12 already done" in capsys.readouterr().out
+    assert time.perf_counter() - started < 60  # a no-op: nothing is recomputed
+
+    monkeypatch.setenv("MSNL_STORE", str(root / "store.zarr"))
+    for page in ("overview", "endpoints", "patient"):
+        at = AppTest.from_file("dashboard/app.py", default_timeout=120)
+        at.query_params["page"] = page
+        at.run()
+        assert not at.exception and not at.error, page
+        assert len(at.get("image")) >= (2 if page != "overview" else 0)
