@@ -52,7 +52,7 @@ def run_once(source: Path, store: Path, workers: int) -> dict:
         started = time.perf_counter()
         summary = run_cohort(source, store, scheduler=cluster.scheduler_address, progress=False)
         wall = time.perf_counter() - started
-        with Client(cluster) as client:
+        with Client(cluster, set_as_default=False) as client:
             peaks = sorted(client.run(_peak_rss_mib).values())
     kernels = kernel_seconds(store)
     busy = sum(kernels.values())

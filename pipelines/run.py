@@ -20,6 +20,7 @@ from distributed import Client, LocalCluster, as_completed, get_worker
 from tqdm import tqdm
 
 from msnl.config import StepOneConfig
+from msnl.errors import MsnlError
 from pipelines.ingest import run_ingest
 from pipelines.threads import thread_env
 from msnl.step_one import software_versions
@@ -77,8 +78,12 @@ def cnn_task(store: str, batch: list[tuple[str, str, str]], weights: str | None,
     done = []
     for subject, a, b in batch:
         attrs = read_pair_attrs(store, subject, a, b)
+        try:
+            table, patches = read_candidates(store, subject, a, b)
+        except MsnlError as exc:  # one interval's problem never fails the rest of the batch
+            done.append((subject, a, b, "cnn_failed", str(exc)))
+            continue
         key = _prediction_key(attrs["result_key"], digest)
-        table, patches = read_candidates(store, subject, a, b)
         brain = read_pair_array(store, subject, a, b, "brain")
         grid = LabelMap(brain > 0, np.asarray(attrs["affine"]))
         started = time.perf_counter()
@@ -169,7 +174,8 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
     if not todo:
         return RunSummary(len(states), 0, skipped, failed, stale)
     cluster = _start_cluster(len(todo), workers) if scheduler is None else None
-    client = Client(scheduler or cluster)
+    # Not the default client: nothing else in this process should start sending work to it.
+    client = Client(scheduler or cluster, set_as_default=False)
     done = 0
     try:
         has_gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info()["workers"].values())
@@ -184,7 +190,8 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
         n4_futures, interval_of = set(n4.values()), dict(zip(futures, todo))
         batch_of: dict = {}
         pending, finished = [], 0
-        queue = as_completed(list(n4.values()) + futures)
+        with client.as_current():  # as_completed looks up the current client
+            queue = as_completed(list(n4.values()) + futures)
         for future in queue:
             if future in n4_futures:
                 bars[0].update(1)
@@ -214,9 +221,13 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                     tqdm.write(f"run: sub-{subject} {a}->{b} failed in the CNN: {message}")
                 bars[2].update(len(batch_of[future]))
             else:
-                result = future.result()
-                done += len(result)
-                bars[2].update(len(result))
+                for subject, a, b, status, message in future.result():
+                    if status == "ok":
+                        done += 1
+                    else:
+                        failed.append((subject, f"{a}->{b}", status, message))
+                        tqdm.write(f"run: sub-{subject} {a}->{b} failed in the CNN: {message}")
+                    bars[2].update(1)
         for bar in bars:
             bar.close()
     finally:

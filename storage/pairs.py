@@ -123,6 +123,8 @@ def process_pair(store: str | Path, subject: str, from_visit: str, to_visit: str
     key = result_key(attrs1["sha256"], attrs2["sha256"], cfg, versions)
     existing = read_pair_attrs(store, subject, from_visit, to_visit)
     if existing is not None and existing.get("result_key") == key:
+        if existing.get("status") != "ok":  # done, and failed: the failure stands until the inputs change
+            return PairOutcome(subject, from_visit, to_visit, existing.get("status", "failed"), existing.get("message", ""))
         return PairOutcome(subject, from_visit, to_visit, "skipped", "already done", existing.get("n_candidates"))
     open_root(store, create=True)
     staged_path = new_staging_dir(store)
