@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard" / "app.py")
+# This file is named like the app's package: put the repository first, so `import dashboard`
+# inside the app finds the package, not this script.
+sys.path.insert(0, str(ROOT))
 
 
 def timed(label: str, fn):
@@ -42,7 +47,8 @@ def main() -> None:
             store, args.subjects, seed=0, pending_share=0.05, failed_share=0.02))
     results = timed("storage.open_results", lambda: open_results(store))
     print(f"  {results.sizes['subject']} subjects x {results.sizes['interval']} intervals")
-    timed("storage.open_lesions", lambda: open_lesions(store))
+    timed("storage.open_lesions, whole cohort", lambda: open_lesions(store))
+    timed("storage.open_lesions, one interval", lambda: open_lesions(store, "001", "01->02"))
     timed("endpoints: per arm and interval + cumulative", lambda: (per_arm_interval(results), cumulative(results)))
     timed("endpoints: negative-binomial rate ratio", lambda: rate_ratios(results))
     os.environ["MSNL_STORE"] = str(store)

@@ -48,9 +48,9 @@ def load_results(store: str, stamp: tuple) -> xr.Dataset:
     return open_results(store).load()
 
 
-@st.cache_data(show_spinner="Reading lesions…", max_entries=8)
-def load_lesions(store: str, stamp: tuple) -> pd.DataFrame:
-    return open_lesions(store)
+@st.cache_data(show_spinner="Reading lesions…", max_entries=64)
+def load_lesions(store: str, stamp: tuple, subject: str, interval: str) -> pd.DataFrame:
+    return open_lesions(store, subject, interval)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -183,8 +183,7 @@ def patient(store: str, stamp: tuple, results: xr.Dataset) -> None:
     except MsnlError as exc:
         st.warning(f"The images of this interval can't be shown: {exc}")
         return
-    lesions = load_lesions(store, stamp)
-    mine = lesions[(lesions.subject == subject) & (lesions.interval == interval)] if len(lesions) else pd.DataFrame()
+    mine = load_lesions(store, stamp, subject, interval)
     picked = st.session_state.get("lesion_table")
     rows_picked = list(picked.selection.rows) if picked is not None and hasattr(picked, "selection") else []
     if rows_picked and rows_picked[0] < len(mine) and st.session_state.get("jumped") != (interval, rows_picked[0]):

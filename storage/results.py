@@ -129,11 +129,13 @@ def open_results(store: str | Path) -> xr.Dataset:
     return ds.set_coords(["from_visit", "to_visit", "start", "end"])
 
 
-def open_lesions(store: str | Path) -> pd.DataFrame:
-    """Every new lesion of every processed interval: subject, interval, centroid, volume, probability."""
+def open_lesions(store: str | Path, subject: str | None = None, interval: str | None = None) -> pd.DataFrame:
+    """Every new lesion of every processed interval: subject, interval, centroid, volume,
+    probability. `subject` and `interval` ("01->02") narrow it, and read only those tables."""
     path = store_path(store)
     tables = []
-    for meta in sorted((path / PREDICTIONS).glob("*/*/*/lesions/zarr.json")):
+    a, b = interval.split("->") if interval else ("*", "*")
+    for meta in sorted((path / PREDICTIONS).glob(f"{subject or '*'}/{a}/{b}/lesions/zarr.json")):
         group = meta.parent.parent
         attrs = dict(zarr.open_group(group, mode="r", zarr_format=3).attrs)
         table = xr.open_zarr(group, group="lesions", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
