@@ -64,3 +64,21 @@ def test_a_visit_without_a_brain_gets_a_recorded_status(store):
     attrs = read_pair_attrs(store, "nobrain", "01", "02")
     assert attrs["status"] == outcome.status and "visit" in attrs["message"]
     assert not (store / "pairs/nobrain/01/02/candidates").exists()
+
+
+def test_run_knows_what_is_done_stale_or_new(store):
+    from msnl.step_one import software_versions
+    from pipelines.run import _prediction_key, interval_state
+    from storage.results import write_prediction
+
+    process_pair(store, "good", "01", "02")
+    versions, cfg = software_versions(), StepOneConfig()
+    assert interval_state(str(store), "good", "01", "02", cfg, "weights-a", versions) == "new"  # no CNN result yet
+    key = _prediction_key(read_pair_attrs(store, "good", "01", "02")["result_key"], "weights-a")
+    write_prediction(store, "good", "01", "02", key, None, None, {"status": "ok"})
+    assert interval_state(str(store), "good", "01", "02", cfg, "weights-a", versions) == "done"
+    assert interval_state(str(store), "good", "01", "02", cfg, "weights-b", versions) == "stale"  # new weights
+    assert interval_state(str(store), "good", "01", "02", StepOneConfig(ratio_threshold=1.3), "weights-a", versions) == "stale"
+    assert interval_state(str(store), "good", "02", "03", cfg, "weights-a", versions) == "new"
+    process_pair(store, "nobrain", "01", "02")
+    assert interval_state(str(store), "nobrain", "01", "02", cfg, "weights-a", versions) == "failed"
