@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -12,6 +13,8 @@ from pipelines.cli import main
 from storage import open_results
 
 pytestmark = pytest.mark.slow
+
+APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 
 
 def test_demo_runs_prints_endpoints_and_the_dashboard_command_then_reruns_as_a_no_op(tmp_path, capsys, monkeypatch):
@@ -34,7 +37,7 @@ def test_demo_runs_prints_endpoints_and_the_dashboard_command_then_reruns_as_a_n
 
     monkeypatch.setenv("MSNL_STORE", str(root / "store.zarr"))
     for page in ("overview", "endpoints", "patient"):
-        at = AppTest.from_file("dashboard/app.py", default_timeout=120)
+        at = AppTest.from_file(str(APP), default_timeout=120)
         at.query_params["page"] = page
         at.run()
         assert not at.exception and not at.error, page
