@@ -22,7 +22,7 @@ from msnl.patches import pad_batch, scale
 from msnl.scan import LabelMap
 
 DEFAULT_WEIGHTS = "patch_cnn.pt"
-_MAX_BATCH_VOXELS = 4_000_000  # keeps a padded batch of big patches within memory
+_MAX_BATCH_VOXELS = 1_000_000  # a padded batch of big patches stays under ~1 GiB of activations
 
 
 def default_weights_path() -> Path:
