@@ -99,9 +99,10 @@ def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:
         st.dataframe(low[["subject", "interval", "registration_quality", "n_candidates"]], hide_index=True)
     else:
         st.success("No processed interval is flagged.")
-    quality = rows[rows.registration_quality.notna()].set_index(rows[rows.registration_quality.notna()].subject + " " + rows[rows.registration_quality.notna()].interval)
-    if len(quality):
-        st.bar_chart(quality.registration_quality, y_label="correlation", height=220)
+    measured = rows[rows.registration_quality.notna()]
+    if len(measured):
+        st.bar_chart(measured.set_index(measured.subject + " " + measured.interval).registration_quality,
+                     y_label="correlation", height=220)
     st.subheader("Counts by arm and site")
     subjects = rows.drop_duplicates("subject")
     left, right = st.columns(2)

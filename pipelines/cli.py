@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,11 @@ def _print_entries(entries: list[dict]) -> None:
     for e in entries:
         if e["status"] in ("failed", "warning", "changed") or e.get("message"):
             print(f"  [{e['status']}] {e['message']}", file=sys.stderr)
+
+
+def _print_failures(failed: list[tuple[str, str, str, str]]) -> None:
+    for subject, interval, status, message in failed:
+        print(f"  [failed] sub-{subject} {interval}: {status}: {message}", file=sys.stderr)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -43,8 +49,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo: a simulated two-arm trial ({DEMO_SUBJECTS} subjects x {DEMO_VISITS} visits, from the MNI152 "
           f"template bundled with nilearn) under {root}")
     store, summary = run_demo(root, workers=args.workers)
-    for subject, interval, status, message in summary.failed:
-        print(f"  [failed] sub-{subject} {interval}: {status}: {message}", file=sys.stderr)
+    _print_failures(summary.failed)
     print(f"demo: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
           f"{len(summary.failed)} failed, in {time.perf_counter() - started:.0f} s\n")
     print(endpoint_report(store))
@@ -54,7 +59,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    import os
     from importlib.util import find_spec
 
     store = Path(args.store)
@@ -106,8 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     summary = run_cohort(args.source, args.store, scheduler=args.scheduler, workers=args.workers,
                          weights=args.weights, progress=not args.quiet)
-    for subject, interval, status, message in summary.failed:
-        print(f"  [failed] sub-{subject} {interval}: {status}: {message}", file=sys.stderr)
+    _print_failures(summary.failed)
     print(f"run: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
           f"{len(summary.failed)} failed. Results: storage.open_results({str(args.store)!r})")
     if not args.quiet:
@@ -273,7 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `msnl` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Dask logs every worker start and stop at INFO; its config is read when distributed is
+    # first imported, inside the commands.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(level).lower())
     try:
         return int(args.func(args))
     except MsnlError as exc:

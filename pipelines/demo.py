@@ -7,6 +7,7 @@ that opens the dashboard. A second run finds everything done and returns at once
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from msnl.simulate import SimOptions
@@ -47,7 +48,7 @@ def endpoint_report(store: Path) -> str:
                      f"{row.mean_new_lesions:>6.2f} ({row.mean_ci_low:5.2f}, {row.mean_ci_high:5.2f}) "
                      f"{row.free_share:>8.0%} ({row.free_ci_low:4.0%}, {row.free_ci_high:4.0%}) {row.mean_volume_mm3:>9.1f}")
     for rr in rate_ratios(results):
-        if rr.message and rr.ratio != rr.ratio:  # nan: not fitted
+        if math.isnan(rr.ratio):  # not fitted; the message says why
             lines.append(f"rate ratio {rr.arm} vs {rr.reference}: not available ({rr.message})")
         else:
             lines.append(f"rate ratio {rr.arm} vs {rr.reference}: {rr.ratio:.2f} (95% CI {rr.ci_low:.2f}-{rr.ci_high:.2f}), "

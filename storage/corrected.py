@@ -21,7 +21,7 @@ from msnl.errors import MsnlError
 from msnl.scan import Scan
 from msnl.step_one import StageTimer, correct_visit, software_versions
 from storage.layout import new_staging_dir, open_root, publish, store_path
-from storage.scans import CHUNK, COMPRESSOR, read_scan, stored_scan_attrs
+from storage.scans import read_scan, stored_scan_attrs, write_array
 
 CORRECTED = "corrected"
 
@@ -67,10 +67,7 @@ def correct_stored_visit(store: str | Path, subject: str, visit: str, cfg: StepO
     open_root(store, create=True)
     staged_path = new_staging_dir(store)
     group = zarr.open_group(staged_path, mode="w", zarr_format=3)
-    data = corrected.data.astype(np.float32)
-    array = group.create_array("n4", shape=data.shape, dtype=np.float32, chunks=tuple(min(CHUNK, s) for s in data.shape),
-                               compressors=[COMPRESSOR], fill_value=0)
-    array[...] = data
+    write_array(group, "n4", corrected.data.astype(np.float32))
     group.attrs.update({"subject": subject, "visit": visit, "result_key": _result_key(scan_attrs["sha256"], cfg),
                         "affine": np.asarray(corrected.affine).tolist(), "timings": timer.seconds})
     publish(store, staged_path, corrected_key(subject, visit))

@@ -37,7 +37,7 @@ from msnl.scan import Scan
 from msnl.step_one import StageTimer, StepOneResult, correct_visit, run_step_one_corrected, software_versions
 from storage.corrected import read_corrected
 from storage.layout import new_staging_dir, open_root, publish, store_path
-from storage.scans import CHUNK, COMPRESSOR, read_scan, stored_scan_attrs
+from storage.scans import read_scan, stored_scan_attrs, write_array
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ class PairOutcome:
     status: str  # "ok", "skipped" (already done), or a failure code
     message: str = ""
     n_candidates: int | None = None
-
-
-def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
-    chunks = tuple(min(CHUNK, s) for s in data.shape) if data.ndim == 3 else (min(1 << 20, max(len(data), 1)),)
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=[COMPRESSOR], fill_value=0)
-    array[...] = data
 
 
 def _table_dataset(table: pd.DataFrame, offsets: np.ndarray) -> xr.Dataset:
@@ -93,10 +87,10 @@ def _write_result(staged: zarr.Group, result: StepOneResult) -> np.ndarray:
         ("levels2", result.levels2),
         ("candidates", result.candidates.labels.data.astype(np.int32)),
     ):
-        _write_array(staged, name, data)
+        write_array(staged, name, data)
     flat = [p.ravel() for p in result.patches]
     offsets = np.concatenate([[0], np.cumsum([len(f) for f in flat])]).astype(np.int64)
-    _write_array(staged, "patches", np.concatenate(flat) if flat else np.zeros(0, np.float32))
+    write_array(staged, "patches", np.concatenate(flat) if flat else np.zeros(0, np.float32))
     return offsets
 
 

@@ -185,3 +185,10 @@ def list_scans(store: str | Path) -> list[dict[str, Any]]:
         if "msnl" in group.attrs:
             found.append(dict(group.attrs["msnl"]))
     return found
+
+
+def write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
+    """An array in the store's codec: 64³ chunks for volumes, 1 M-element chunks for flat data."""
+    chunks = tuple(min(CHUNK, s) for s in data.shape) if data.ndim == 3 else (min(1 << 20, max(len(data), 1)),)
+    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=[COMPRESSOR], fill_value=0)
+    array[...] = data

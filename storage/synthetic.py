@@ -16,8 +16,9 @@ import zarr
 
 from storage.cohort import write_cohort_table
 from storage.layout import new_staging_dir, open_root, publish
-from storage.pairs import _write_array, pair_key
+from storage.pairs import pair_key
 from storage.results import write_prediction
+from storage.scans import write_array
 
 SHAPE = (48, 56, 20)
 SPACING = (4.0, 4.0, 8.0)  # mm: a coarse grid, only for looking at
@@ -73,9 +74,9 @@ def _write_pair(store: Path, subject: str, a: str, b: str, status: str, affine: 
              "n_candidates": int(rng.integers(200, 1500)), "config_digest": "synthetic"}
     if status == "ok":
         image, brain = _head(rng)
-        _write_array(group, "flair1", image)
-        _write_array(group, "flair2", image * np.float32(rng.uniform(0.95, 1.05)))
-        _write_array(group, "brain", brain.astype(np.uint8))
+        write_array(group, "flair1", image)
+        write_array(group, "flair2", image * np.float32(rng.uniform(0.95, 1.05)))
+        write_array(group, "brain", brain.astype(np.uint8))
     group.attrs.update(attrs)
     publish(store, staged_path, pair_key(subject, a, b))
 
