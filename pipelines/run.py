@@ -26,7 +26,7 @@ from pipelines.threads import thread_env
 from msnl.step_one import software_versions
 from storage.corrected import correct_stored_visit
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs, result_key
-from storage.scans import stored_scan_attrs
+from storage.scans import stored_scan_attrs, stored_scan_voxels
 from storage.results import intervals, read_prediction_attrs, single_visit_subjects, write_prediction
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,17 @@ def interval_state(store: str, subject: str, a: str, b: str, cfg: StepOneConfig,
     return "done" if pred.get("result_key") == _prediction_key(attrs["result_key"], digest) else "stale"
 
 
+# CNN tasks go before any waiting step-one or N4 task: they are short, and their results are
+# what the user waits for.
+CNN_PRIORITY = 1 << 40
+
+
+def cnn_batch_ready(pending: int, batch: int, unfinished_step_one: int, workers: int) -> bool:
+    """Whether the intervals waiting for the CNN should go now: a full batch, or fewer step-one
+    tasks left than workers, so that a worker with nothing else to do takes them."""
+    return pending > 0 and (pending >= batch or unfinished_step_one < workers)
+
+
 def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
     n = workers or max(1, min(os.cpu_count() or 1, todo))
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1), preload=["pipelines.worker"],
@@ -180,10 +191,15 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
     try:
         has_gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info()["workers"].values())
         cnn_resources = {"GPU": 1} if has_gpu else None
+        workers_now = max(1, len(client.scheduler_info()["workers"]))
+        # Largest first (ANTs time grows with voxel count), so small tasks fill the end of the run.
         visits = sorted({(s, v) for s, a, b in todo for v in (a, b)})
-        n4 = {(s, v): client.submit(n4_task, store, s, v, cfg, pure=False, key=f"n4-{s}-{v}-{uuid4().hex[:8]}") for s, v in visits}
+        voxels = {(s, v): stored_scan_voxels(store, s, v) for s, v in visits}
+        n4 = {(s, v): client.submit(n4_task, store, s, v, cfg, pure=False, priority=voxels[(s, v)],
+                                    key=f"n4-{s}-{v}-{uuid4().hex[:8]}") for s, v in visits}
         futures = [client.submit(step_one_task, store, s, a, b, cfg, n4[(s, a)], n4[(s, b)], pure=False,
-                                 key=f"step-one-{s}-{a}-{b}-{uuid4().hex[:8]}") for s, a, b in todo]
+                                 priority=voxels[(s, a)] + voxels[(s, b)], key=f"step-one-{s}-{a}-{b}-{uuid4().hex[:8]}")
+                   for s, a, b in todo]
         bars = [tqdm(total=total, desc=desc, unit=unit, disable=not progress, position=i)
                 for i, (total, desc, unit) in enumerate(((len(n4), "N4      ", "visit"), (len(futures), "step one", "interval"),
                                                          (len(todo), "CNN     ", "interval")))]
@@ -208,9 +224,9 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                     failed.append((subject, f"{a}->{b}", status, message))
                     bars[2].update(1)
                     tqdm.write(f"run: sub-{subject} {a}->{b} failed: {status}: {message}")
-                if len(pending) >= cnn_batch or (finished == len(futures) and pending):
+                if cnn_batch_ready(len(pending), cnn_batch, len(futures) - finished, workers_now):
                     cnn = client.submit(cnn_task, store, pending, weights, cfg, resources=cnn_resources, pure=False,
-                                        key=f"cnn-{uuid4().hex}")
+                                        priority=CNN_PRIORITY, key=f"cnn-{uuid4().hex}")
                     batch_of[cnn] = pending
                     queue.add(cnn)
                     pending = []

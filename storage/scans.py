@@ -9,6 +9,7 @@ source path and its SHA-256.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,14 @@ def stored_scan_attrs(store: str | Path, subject: str, visit: str) -> dict[str, 
     if not (path / "zarr.json").exists():
         return None
     return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs.get("msnl", {})) or None
+
+
+def stored_scan_voxels(store: str | Path, subject: str, visit: str) -> int:
+    """Voxel count of a stored scan, from its array metadata alone (0 when it isn't stored)."""
+    meta = store_path(store) / scan_key(subject, visit) / "0" / "zarr.json"
+    if not meta.exists():
+        return 0
+    return int(np.prod(json.loads(meta.read_text())["shape"]))
 
 
 def write_scan(store: str | Path, record: ScanRecord, nifti: NiftiScan) -> None:

@@ -82,3 +82,23 @@ def test_run_knows_what_is_done_stale_or_new(store):
     assert interval_state(str(store), "good", "02", "03", cfg, "weights-a", versions) == "new"
     process_pair(store, "nobrain", "01", "02")
     assert interval_state(str(store), "nobrain", "01", "02", cfg, "weights-a", versions) == "failed"
+
+
+def test_scan_voxel_counts_come_from_the_array_metadata(store):
+    from storage.scans import read_scan, stored_scan_voxels
+
+    assert stored_scan_voxels(store, "good", "02") == read_scan(store, "good", "02").data.size
+    assert stored_scan_voxels(store, "good", "07") == 0
+
+
+@pytest.mark.parametrize(("pending", "unfinished", "ready"), [
+    (0, 0, False),   # nothing waiting
+    (4, 10, True),   # a full batch
+    (3, 10, False),  # part of a batch while step one keeps both workers busy
+    (3, 1, True),    # one step-one task left: the other worker would idle
+    (1, 0, True),    # step one is over: flush what is left
+])
+def test_cnn_batches_go_when_full_or_when_a_worker_would_idle(pending, unfinished, ready):
+    from pipelines.run import cnn_batch_ready
+
+    assert cnn_batch_ready(pending, batch=4, unfinished_step_one=unfinished, workers=2) is ready
