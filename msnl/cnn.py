@@ -33,10 +33,17 @@ class PatchCNN(nn.Module):
         self.conv6 = _block(w5, w6)
         self.conv7 = nn.Conv3d(w6 + 1, 1, 3, 1, 1)  # long skip: flair2 joins here
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """`valid` (N, 1, X, Y, Z) marks each patch's real voxels in a zero-padded batch. Every
+        block's output is zeroed outside them, so a patch sees zeros around it at every layer,
+        as it would alone: its prediction never depends on the size of its batch-mates."""
+        def block(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+            out = layer(inputs)
+            return out if valid is None else out * valid
+
         flairs, maps, flair2 = x[:, :2], x[:, 2:5], x[:, 1:2]
-        c2 = self.conv2(self.conv1(flairs))
-        c3 = self.conv3(c2)
-        c4 = self.conv4(torch.cat([c3, maps], dim=1))
-        c6 = self.conv6(self.conv5(torch.cat([c4, c2], dim=1)))
+        c2 = block(self.conv2, block(self.conv1, flairs))
+        c3 = block(self.conv3, c2)
+        c4 = block(self.conv4, torch.cat([c3, maps], dim=1))
+        c6 = block(self.conv6, block(self.conv5, torch.cat([c4, c2], dim=1)))
         return self.conv7(torch.cat([c6, flair2], dim=1))

@@ -66,8 +66,8 @@ def predict_patches(model: PatchCNN, patches: list[np.ndarray], cfg: CNNConfig, 
                 break
             stop += 1
         chunk = [int(i) for i in order[start:stop]]
-        x, _, _ = pad_batch([torch.from_numpy(scale(patches[i], cfg)) for i in chunk])
-        logits = model(x.to(device)).float().cpu().numpy()
+        x, _, valid = pad_batch([torch.from_numpy(scale(patches[i], cfg)) for i in chunk])
+        logits = model(x.to(device), valid.to(device)).float().cpu().numpy()
         for j, i in enumerate(chunk):
             sx, sy, sz = patches[i].shape[1:]
             out[i] = logits[j, 0, :sx, :sy, :sz]

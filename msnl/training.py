@@ -126,7 +126,7 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
         for i, (x, y, mask) in enumerate(loader):
             x, y, mask = x.to(device), y.to(device), mask.to(device)
             optimiser.zero_grad()
-            loss = training_loss(model(x), y, mask)
+            loss = training_loss(model(x, mask), y, mask)
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))

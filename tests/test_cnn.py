@@ -42,6 +42,23 @@ def test_distance_maps_and_skips_are_wired_as_in_the_paper():
     assert not torch.allclose(model(moved), model(x))  # the distance maps matter
 
 
+def test_a_patch_predicts_the_same_alone_or_padded_beside_a_bigger_one():
+    from msnl.patches import pad_batch
+
+    torch.manual_seed(0)
+    model = PatchCNN().eval()
+    for m in model.modules():  # non-trivial running statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+    small, big = torch.rand(5, 6, 7, 3), torch.rand(5, 11, 9, 6)
+    x, _, valid = pad_batch([small, big])
+    alone = model(small[None])[0, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, valid)[0, 0, :6, :7, :3], alone, atol=1e-5, rtol=1e-5)
+        unmasked = model(x)[0, 0, :6, :7, :3]
+    assert not torch.allclose(unmasked, alone, atol=1e-3)  # without the mask, padding leaks in
+
+
 def test_bad_widths_are_refused():
     with pytest.raises(ConfigError):
         CNNConfig(widths=(4, 4, 4))
