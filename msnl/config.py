@@ -129,6 +129,10 @@ class CNNConfig(_Serialisable):
     # components would otherwise set every batch's padded size; at 0.72 x 0.72 x 3 mm this is
     # 23 x 23 x 24 mm, larger than most lesions). Inference never crops.
     train_max_patch: tuple[int, int, int] = (32, 32, 8)
+    # Training batches of similar-sized patches (ours): the epoch's patches are sorted by size
+    # within windows of this many batches (see msnl.sampling.size_bucketed_batches). None keeps
+    # each batch as drawn, padded to its largest patch. Figures for both: docs/benchmarks.md.
+    size_bucket_window: int | None = None
     inference_batch_size: int = 64
     # Ours: intervals per CNN task in `msnl run`. Enough to keep a GPU busy between model loads,
     # few enough that the first results show early.
@@ -139,6 +143,8 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"widths must be six positive channel counts, got {self.widths}")
         if not 0 < self.threshold < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ConfigError("threshold must be in (0, 1); batch_size and epochs at least 1")
+        if self.size_bucket_window is not None and self.size_bucket_window < 1:
+            raise ConfigError(f"size_bucket_window must be at least 1 or None, got {self.size_bucket_window}")
         if self.inference_batch_size < 1 or self.intervals_per_task < 1:
             raise ConfigError("inference_batch_size and intervals_per_task must be at least 1")
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):

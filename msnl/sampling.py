@@ -52,3 +52,20 @@ def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig,
 
 def batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+def size_bucketed_batches(indices: np.ndarray, volumes: np.ndarray, batch_size: int, window: int,
+                          rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of similar-sized patches, so a padded batch wastes little compute.
+
+    The epoch's drawn patches are cut into windows of `window` batches, each window is sorted
+    by patch volume and cut into batches, and the batches are shuffled. The epoch holds exactly
+    the patches drawn, so the paper's proportions hold over the epoch; within one batch they
+    vary with size.
+    """
+    out = []
+    step = batch_size * window
+    for start in range(0, len(indices), step):
+        chunk = indices[start : start + step]
+        out += batches(chunk[np.argsort(volumes[chunk], kind="stable")], batch_size)
+    return [out[i] for i in rng.permutation(len(out))]

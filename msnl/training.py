@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from msnl.cnn import PatchCNN
 from msnl.config import CNNConfig
 from msnl.patches import centre_crop, pad_batch, scale
-from msnl.sampling import batches, epoch_indices
+from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,15 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=cfg.lr_step_epochs, gamma=cfg.lr_decay)
     dataset = tio.SubjectsDataset(_subjects(data, cfg), transform=augmentation(cfg))
     is_tp, infra = data.is_tp, np.asarray(data.infratentorial)
+    volumes = np.array([np.prod(np.minimum(p.shape[1:], cfg.train_max_patch)) for p in data.patches])
     history: list[float] = []
     for epoch in range(cfg.epochs):
         model.train()
-        plan = batches(epoch_indices(is_tp, infra, cfg, rng), cfg.batch_size)
+        drawn = epoch_indices(is_tp, infra, cfg, rng)
+        if cfg.size_bucket_window is None:
+            plan = batches(drawn, cfg.batch_size)
+        else:
+            plan = size_bucketed_batches(drawn, volumes, cfg.batch_size, cfg.size_bucket_window, rng)
         loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in plan], collate_fn=_collate)
         losses = []
         for i, (x, y, mask) in enumerate(loader):

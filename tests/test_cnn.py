@@ -10,7 +10,7 @@ from msnl.cnn import PatchCNN
 from msnl.config import CNNConfig, ConfigError
 from msnl.inference import stitch
 from msnl.metrics import score_lesions
-from msnl.sampling import batches, epoch_indices
+from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 from msnl.scan import LabelMap
 from msnl.training import TrainingSet, masked_bce, masked_soft_dice, train
 
@@ -92,6 +92,16 @@ def test_sampling_proportions_over_many_epochs():
     assert abs(len(fixed) - 1024) <= 1 and abs(is_tp[fixed].mean() - (0.5 / 1.3 + 0.3 * 0.85 * 0.33 / 1.3)) < 0.05
 
 
+def test_size_bucketed_batches_keep_the_drawn_patches_and_group_sizes():
+    rng = np.random.default_rng(1)
+    volumes = np.minimum(rng.lognormal(5.8, 0.8, 400).astype(int), 8192)  # skewed, like step one's patches
+    drawn = rng.choice(400, 320)
+    plan = size_bucketed_batches(drawn, volumes, batch_size=32, window=5, rng=rng)
+    np.testing.assert_array_equal(np.sort(np.concatenate(plan)), np.sort(drawn))  # same epoch, same proportions
+    waste = lambda bs: sum(volumes[b].max() * len(b) for b in bs) / volumes[drawn].sum()  # noqa: E731
+    assert waste(plan) < 0.6 * waste(batches(drawn, 32))
+
+
 def test_closest_centre_stitching_on_hand_made_overlaps():
     # patch A covers i 0..5, patch B covers i 4..9 on a 10x1x1 line; they overlap on 4 and 5
     a, b = np.full((6, 1, 1), 1.0), np.full((6, 1, 1), 2.0)
@@ -151,6 +161,10 @@ def test_a_tiny_training_run_lowers_the_loss():
     # and the result is reproducible
     _, again = train(_toy_set(), cfg, seed=0, device=torch.device("cpu"))
     assert again == history
+    bucketed = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=4, batch_size=8, lr_step_epochs=10, patches_per_epoch=128,
+                         size_bucket_window=4)
+    _, history = train(_toy_set(), bucketed, seed=0, device=torch.device("cpu"))
+    assert history[-1] < 0.6 * history[0]
 
 
 def test_masked_loss_ignores_padding():
