@@ -1,11 +1,12 @@
 """Step two: train the shipped weights and the leave-one-patient-out models, then score them.
 
-    .venv/bin/python benchmarks/cnn.py --data /path/to/train-data [--ship]
+    .venv/bin/python benchmarks/cnn.py --data /path/to/train-data [--ship] [--option KEY=VALUE ...] [--no-loo]
 
 --data holds three simulated cohorts (made as the model card says: sim-train, sim-real,
 sim-heldout) and a work folder for step-one results. The real Lesjak pairs come from
 ../shared/data. With --ship the model trained on everything but the held-out cohort is written
-to msnl/weights/patch_cnn.pt.
+to msnl/weights/patch_cnn.pt. --option overrides a CNNConfig field, as for `msnl train`;
+--no-loo skips the two leave-one-patient-out trainings.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 REAL = ROOT.parent / "shared" / "data" / "lesjak-longitudinal"
 
-from msnl.config import CNNConfig  # noqa: E402
 from msnl.inference import default_weights_path, load_weights  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
 from msnl.resample import resample_labels  # noqa: E402
 from msnl.scan import LabelMap  # noqa: E402
 from msnl.step_two import run_step_two  # noqa: E402
 from pipelines.evaluate import summarise  # noqa: E402
-from pipelines.train import collect, prepare_pairs, train_and_save  # noqa: E402
+from pipelines.train import cnn_config, collect, prepare_pairs, train_and_save  # noqa: E402
 from storage.pairs import read_candidates, read_pair_array, read_pair_attrs  # noqa: E402
 from storage.training_data import TrainingPair, read_truth  # noqa: E402
 
@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--ship", action="store_true", help="write the shipped weights")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="override a CNNConfig field")
+    parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-patient-out models")
     args = parser.parse_args()
     train_sources = [args.data / "sim-train", args.data / "sim-real"]
     heldout_source = args.data / "sim-heldout"
@@ -96,7 +98,8 @@ def main() -> None:
     sim_train = [p for s in train_sources for p in by_source.get(s.name, [])]
     heldout = by_source.get(heldout_source.name, [])
     real = by_source.get(REAL.name, [])
-    cfg = CNNConfig()
+    cfg = cnn_config(args.option)
+    print(f"CNN config overrides: {args.option or 'none'}")
     with tempfile.TemporaryDirectory() as tmp:
         ship = default_weights_path() if args.ship else Path(tmp) / "all.pt"
         data = collect(sim_train + real)
@@ -105,9 +108,11 @@ def main() -> None:
         print(f"training on {len(sim_train)} simulated + {len(real)} real pairs: "
               f"{(time.perf_counter() - start) / cfg.epochs:.1f} s per epoch (CPU, 2 cores)")
         cnn, one, infer_s, step_one_s = evaluate(ship, heldout)
+        print(f"CNN inference on the held-out pairs: {np.mean(infer_s):.1f} s per pair "
+              f"({np.mean(np.asarray(infer_s) / np.asarray(step_one_s)):.1%} of step one)")
         print(f"held-out simulated cohort ({len(heldout)} pairs, seed 999): CNN {_fmt(cnn)}")
         print(f"                                     step one alone: {_fmt(one)}")
-        for held in real:
+        for held in [] if args.no_loo else real:
             others = [p for p in real if p is not held]
             model_path = Path(tmp) / f"without-{held.subject}.pt"
             train_and_save(collect(sim_train + others, progress=False), model_path, cfg, args.seed, progress=False)

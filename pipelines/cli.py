@@ -89,12 +89,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from pipelines.train import cnn_config, collect, prepare_pairs, train_and_save
 
-    from msnl.config import CNNConfig
-    from pipelines.train import collect, prepare_pairs, train_and_save
-
-    cfg = CNNConfig() if args.epochs is None else replace(CNNConfig(), epochs=args.epochs)
+    cfg = cnn_config(args.option, args.epochs)
     pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), workers=args.workers)
     pairs = [p for p in pairs if p.subject not in set(args.exclude)]
     data = collect(pairs)
@@ -202,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="WEIGHTS", help="start from these weights (fine-tuning)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="override the paper's 20 epochs")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a CNNConfig field (msnl/config.py), e.g. --option size_bucket_window=8")
     p.add_argument("--exclude", nargs="*", default=[], metavar="SUBJECT", help="leave these subjects out (e.g. patient01)")
     p.add_argument("--workers", type=int, default=None, help="step-one worker processes (default: one per core)")
     p.set_defaults(func=_cmd_train)

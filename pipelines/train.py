@@ -23,6 +23,26 @@ from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, trai
 log = logging.getLogger(__name__)
 
 
+def cnn_config(options: list[str], epochs: int | None = None):
+    """The default CNNConfig with `KEY=VALUE` overrides (VALUE in JSON: 8, null, [16, 32])."""
+    import json
+
+    from msnl.config import CNNConfig, ConfigError
+
+    values = CNNConfig().to_dict()
+    for option in options:
+        key, sep, raw = option.partition("=")
+        if not sep:
+            raise ConfigError(f"--option {option!r}: write it as KEY=VALUE, e.g. size_bucket_window=8")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ConfigError(f"--option {option!r}: the value must be JSON (a number, null, or a list like [16, 32])") from None
+    if epochs is not None:
+        values["epochs"] = epochs
+    return CNNConfig.from_dict(values)
+
+
 def _step_one(pair: TrainingPair, cfg: StepOneConfig) -> tuple[TrainingPair, str, str]:
     outcome = process_pair(pair.store, pair.subject, pair.from_visit, pair.to_visit, cfg)
     return pair, outcome.status, outcome.message
