@@ -4,7 +4,7 @@
       scans/<subject>/<visit>/  one OME-NGFF 0.5 image group per scan; array "0" holds the voxels
       cohort/                   the cohort table (subjects x visits), written by xarray
       reports/ingest-<time>/    one group per ingest run; its attributes hold the report
-      .staging/                 work in progress; never read, emptied at the start of a run
+      .staging/                 work in progress; never read; a run clears leftovers over an hour old
 
 A scan is written under `.staging/` and renamed into place, so a reader (or a re-run after a
 crash) sees either the whole scan or nothing.
@@ -12,7 +12,10 @@ crash) sees either the whole scan or nothing.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -26,6 +29,7 @@ SCANS = "scans"
 COHORT = "cohort"
 REPORTS = "reports"
 STAGING = ".staging"
+_PUBLISH_ATTEMPTS = 20
 
 
 def store_path(store: str | Path) -> Path:
@@ -69,9 +73,35 @@ def new_staging_dir(store: str | Path) -> Path:
     return staging
 
 
-def clear_staging(store: str | Path) -> None:
-    """Drop what a crashed run left half-written. Run once, before any worker starts writing."""
-    shutil.rmtree(store_path(store) / STAGING, ignore_errors=True)
+# Staged work untouched this long is a crashed run's leftover. Younger entries may belong to
+# tasks still running, for example those of a killed client that the cluster finishes anyway.
+STALE_STAGING_S = 3600.0
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    for folder, _, files in os.walk(path):
+        for name in [folder, *(os.path.join(folder, f) for f in files)]:
+            try:
+                newest = max(newest, os.lstat(name).st_mtime)
+            except FileNotFoundError:
+                pass
+    return newest
+
+
+def clear_staging(store: str | Path, older_than_s: float = STALE_STAGING_S) -> None:
+    """Drop what crashed runs left half-written, once it is `older_than_s` old."""
+    staging = store_path(store) / STAGING
+    if not staging.is_dir():
+        return
+    now = time.time()
+    for entry in staging.iterdir():
+        try:
+            stale = now - _newest_mtime(entry) > older_than_s
+        except FileNotFoundError:  # published or cleared meanwhile
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _ensure_parent_groups(root: Path, key: str) -> None:
@@ -90,14 +120,29 @@ def publish(store: str | Path, staged: Path, key: str) -> None:
 
     Each rename is atomic on a POSIX file system; a reader sees the old group, briefly nothing,
     or the new group, never a partial one.
+
+    Two tasks may publish the same key at once (a killed client's task that the cluster still
+    runs, and its re-run): results are keyed by their inputs, so either copy is right, and the
+    last one to land stays.
     """
     root = store_path(store)
     target = root / key
+    if not (staged / "zarr.json").exists():
+        raise StoreError(f"{staged}: staged result is incomplete (its group metadata is missing); not publishing {key}")
     _ensure_parent_groups(root, key)
-    retired = None
-    if target.exists():
+    for _ in range(_PUBLISH_ATTEMPTS):
         retired = new_staging_dir(store)
-        target.rename(retired)
-    staged.rename(target)
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
+        try:
+            target.rename(retired)
+        except FileNotFoundError:  # nothing there, or another writer moved it first
+            pass
+        try:
+            staged.rename(target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # another writer published in between: move theirs aside and try again
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
+        return
+    raise StoreError(f"{root / key}: could not publish after {_PUBLISH_ATTEMPTS} attempts; other writers kept replacing it")

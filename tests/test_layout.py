@@ -1,0 +1,66 @@
+"""Publishing into the store: atomic, and safe when two tasks publish the same key at once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import zarr
+
+from msnl.errors import StoreError
+from storage.layout import clear_staging, new_staging_dir, open_root, publish
+
+
+def _stage(store, value: int):
+    staged = new_staging_dir(store)
+    group = zarr.open_group(staged, mode="w", zarr_format=3)
+    group.attrs["value"] = value
+    group.create_array("a", shape=(4,), dtype="i4", fill_value=value)
+    return staged
+
+
+def test_concurrent_publishers_of_one_key_all_succeed_and_one_whole_copy_stays(tmp_path):
+    store = tmp_path / "store.zarr"
+    open_root(store, create=True)
+    writers, rounds = 6, 15
+    barrier, errors = threading.Barrier(writers), []
+
+    def writer(w: int) -> None:
+        for r in range(rounds):
+            staged = _stage(store, w * 100 + r)
+            barrier.wait()
+            try:
+                publish(store, staged, "pairs/s/01/02")
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    group = zarr.open_group(store / "pairs/s/01/02", mode="r")
+    assert (group["a"][...] == group.attrs["value"]).all()  # one writer's whole copy, never a mix
+    clear_staging(store, older_than_s=0)
+    assert not any((store / ".staging").iterdir())
+
+
+def test_an_incomplete_staged_group_is_never_published(tmp_path):
+    store = tmp_path / "store.zarr"
+    open_root(store, create=True)
+    staged = _stage(store, 1)
+    (staged / "zarr.json").unlink()  # as when staging was cleared under a running task
+    with pytest.raises(StoreError, match="incomplete"):
+        publish(store, staged, "pairs/s/01/02")
+    assert not (store / "pairs/s/01/02").exists()
+
+
+def test_only_stale_staging_is_cleared(tmp_path):
+    store = tmp_path / "store.zarr"
+    open_root(store, create=True)
+    fresh = _stage(store, 1)
+    clear_staging(store)
+    assert fresh.exists()  # may belong to a task still running
+    clear_staging(store, older_than_s=-1)
+    assert not fresh.exists()
