@@ -12,6 +12,7 @@ to msnl/weights/patch_cnn.pt. --option overrides a CNNConfig field, as for `msnl
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 REAL = ROOT.parent / "shared" / "data" / "lesjak-longitudinal"
 
+from msnl.config import StepOneConfig  # noqa: E402
 from msnl.inference import default_weights_path, load_weights  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
 from msnl.resample import resample_labels  # noqa: E402
@@ -32,6 +34,9 @@ from pipelines.evaluate import summarise  # noqa: E402
 from pipelines.train import cnn_config, collect, prepare_pairs, train_and_save  # noqa: E402
 from storage.pairs import read_candidates, read_pair_array, read_pair_attrs  # noqa: E402
 from storage.training_data import TrainingPair, read_truth  # noqa: E402
+
+
+FLOOR_MM3 = StepOneConfig().min_component_mm3  # the optional floor is scored at step one's own 7 mm³
 
 
 def _grid(pair: TrainingPair) -> LabelMap:
@@ -58,8 +63,11 @@ def _row(score) -> dict:
             "f1": score.f1, "fp_lesions": score.fp_lesions, "fp_volume_mm3": score.fp_volume_mm3}
 
 
-def evaluate(model_path: Path, pairs: list[TrainingPair]) -> tuple[dict, dict, list[float], list[float]]:
+def evaluate(model_path: Path, pairs: list[TrainingPair], min_lesion_mm3: float | None = None) -> tuple[dict, dict, list[float], list[float]]:
+    """Scores of the model (with another `min_lesion_mm3` when given) and of step one alone."""
     model, cfg, _ = load_weights(model_path)
+    if min_lesion_mm3 is not None:
+        cfg = replace(cfg, min_lesion_mm3=min_lesion_mm3)
     cnn_rows, step_one_rows, infer_s, step_one_s = [], [], [], []
     for pair in pairs:
         grid = _grid(pair)
@@ -112,6 +120,8 @@ def main() -> None:
               f"({np.mean(np.asarray(infer_s) / np.asarray(step_one_s)):.1%} of step one)")
         print(f"held-out simulated cohort ({len(heldout)} pairs, seed 999): CNN {_fmt(cnn)}")
         print(f"                                     step one alone: {_fmt(one)}")
+        floored, _, _, _ = evaluate(ship, heldout, FLOOR_MM3)
+        print(f"  with lesions under {FLOOR_MM3:g} mm³ dropped (min_lesion_mm3): CNN {_fmt(floored)}")
         for held in [] if args.no_loo else real:
             others = [p for p in real if p is not held]
             model_path = Path(tmp) / f"without-{held.subject}.pt"
@@ -119,6 +129,8 @@ def main() -> None:
             cnn, one, infer, s1 = evaluate(model_path, [held])
             print(f"leave {held.subject} out: CNN {_fmt(cnn)}")
             print(f"{'':>{len('leave ' + held.subject + ' out: ')}}step one alone: {_fmt(one)}")
+            floored, _, _, _ = evaluate(model_path, [held], FLOOR_MM3)
+            print(f"  with lesions under {FLOOR_MM3:g} mm³ dropped (min_lesion_mm3): CNN {_fmt(floored)}")
             print(f"  CNN inference on its {read_pair_attrs(held.store, held.subject, '1', '2')['n_candidates']} candidates: "
                   f"{infer[0]:.1f} s (step one took {s1[0]:.0f} s when these results were made)")
 

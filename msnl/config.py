@@ -125,6 +125,10 @@ class CNNConfig(_Serialisable):
     augment_probability: float = 0.30
     # Paper §2.4: sigmoid, then "binarized the final image with threshold of 0.75".
     threshold: float = 0.75
+    # Smallest new lesion kept after the threshold, in mm³ (ours; the paper keeps every
+    # component). Step one drops components under 7 mm³; the same floor after the CNN is an
+    # option, with figures for both in docs/benchmarks.md.
+    min_lesion_mm3: float = 0.0
     # Training crops patches larger than this around their centre (ours: a few giant FP
     # components would otherwise set every batch's padded size; at 0.72 x 0.72 x 3 mm this is
     # 23 x 23 x 24 mm, larger than most lesions). Inference never crops.
@@ -143,6 +147,8 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"widths must be six positive channel counts, got {self.widths}")
         if not 0 < self.threshold < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ConfigError("threshold must be in (0, 1); batch_size and epochs at least 1")
+        if self.min_lesion_mm3 < 0:
+            raise ConfigError(f"min_lesion_mm3 must be at least 0, got {self.min_lesion_mm3}")
         if self.size_bucket_window is not None and self.size_bucket_window < 1:
             raise ConfigError(f"size_bucket_window must be at least 1 or None, got {self.size_bucket_window}")
         if self.inference_batch_size < 1 or self.intervals_per_task < 1:

@@ -101,12 +101,17 @@ class Segmentation:
 
 
 def segment(logits: np.ndarray, dmz: np.ndarray, grid: LabelMap, cfg: CNNConfig, infratentorial_dmz_mm: float) -> Segmentation:
-    """Sigmoid, threshold, and the table of new lesions (26-connected components)."""
+    """Sigmoid, threshold, and the table of new lesions (26-connected components); lesions
+    under `cfg.min_lesion_mm3` are dropped (none by default)."""
     prob = np.zeros(logits.shape, np.float32)
     inside = np.isfinite(logits)
     prob[inside] = 1.0 / (1.0 + np.exp(-logits[inside]))
     mask = prob > cfg.threshold
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if cfg.min_lesion_mm3 > 0 and n:
+        small = np.flatnonzero(np.bincount(labels.ravel(), minlength=n + 1)[1:] * grid.voxel_volume < cfg.min_lesion_mm3) + 1
+        mask &= ~np.isin(labels, small)
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     index = np.arange(1, n + 1)
     columns = ["lesion", "x_mm", "y_mm", "z_mm", "volume_mm3", "mean_probability", "infratentorial"]
     if n == 0:

@@ -34,6 +34,20 @@ def test_segment_thresholds_at_075_and_tabulates_lesions():
     assert (table.x_mm.iloc[1], table.z_mm.iloc[1]) == pytest.approx((3.0, 5.0))
 
 
+def test_an_optional_floor_drops_small_lesions_after_the_threshold():
+    from dataclasses import replace
+
+    logits = np.full((20, 20, 10), -np.inf, np.float32)
+    logits[2:5, 2:5, 2:4] = 3.0  # 18 voxels, 36 mm³
+    logits[15:17, 15:17, 5:6] = 3.0  # 4 voxels, 8 mm³
+    logits[10, 10, 2] = 3.0  # 1 voxel, 2 mm³
+    grid = LabelMap(np.zeros(logits.shape, bool), np.diag([1.0, 1.0, 2.0, 1.0]))
+    dmz = np.zeros(logits.shape, np.float32)
+    assert len(segment(logits, dmz, grid, CNNConfig(), 90.0).lesions) == 3  # the paper keeps all
+    seg = segment(logits, dmz, grid, replace(CNNConfig(), min_lesion_mm3=7.0), 90.0)
+    assert sorted(seg.lesions.volume_mm3) == [8.0, 36.0] and seg.mask.data.sum() == 22
+
+
 def test_no_patch_no_lesion():
     grid = LabelMap(np.zeros((4, 4, 4), bool), np.eye(4))
     seg = segment(np.full((4, 4, 4), -np.inf, np.float32), np.zeros((4, 4, 4)), grid, CNNConfig(), 90.0)
