@@ -1,17 +1,27 @@
-"""Moving scans between msnl (nibabel's RAS+ affines) and ANTs images (ITK's LPS+ frame)."""
+"""Moving scans between msnl (nibabel's RAS+ affines) and ANTs images (ITK's LPS+ frame).
+
+ANTs is imported where it is used, here and in the other modules that call it: importing it
+takes over a second, and a no-op run, the dashboard and the command line never need it.
+"""
 
 from __future__ import annotations
 
-import ants
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from msnl.scan import Scan, spacing_from_affine
+
+if TYPE_CHECKING:
+    import ants
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def to_ants(scan: Scan) -> ants.ANTsImage:
     """An ANTs image with the same voxels (float32) and the same place in space."""
+    import ants
+
     spacing = np.asarray(spacing_from_affine(scan.affine))
     direction = _RAS_TO_LPS @ (scan.affine[:3, :3] / spacing)
     origin = _RAS_TO_LPS @ scan.affine[:3, 3]

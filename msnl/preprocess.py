@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-import ants
 import numpy as np
 
 from msnl.antsio import from_ants, to_ants
@@ -19,6 +18,8 @@ from msnl.scan import LabelMap, Scan
 
 def n4(scan: Scan, shrink_factor: int = 4) -> Scan:
     """N4 bias-field correction (paper §1), on the whole head (no mask is known yet)."""
+    import ants
+
     corrected = ants.n4_bias_field_correction(to_ants(scan), shrink_factor=shrink_factor)
     return from_ants(corrected)
 
@@ -50,6 +51,8 @@ def register_rigid_then_affine(moving: Scan, fixed: Scan, seed: int = 1) -> Regi
 
     `seed` fixes ANTs' random sampling of metric points, so a run can be repeated exactly.
     """
+    import ants
+
     fixed_img, moving_img = to_ants(fixed), to_ants(moving)
     with tempfile.TemporaryDirectory(prefix="msnl-reg-") as tmp, _ants_seed(seed):
         rigid = ants.registration(fixed_img, moving_img, type_of_transform="Rigid", outprefix=f"{tmp}/rigid_")
@@ -67,6 +70,8 @@ def register_rigid_then_affine(moving: Scan, fixed: Scan, seed: int = 1) -> Regi
 
 
 def _compose(transform_files: list[str]) -> np.ndarray:
+    import ants
+
     total = np.eye(4)
     for path in transform_files:  # ANTs applies the last in the list first
         tx = ants.read_transform(path)
@@ -81,6 +86,8 @@ def _compose(transform_files: list[str]) -> np.ndarray:
 
 def histogram_match(source: Scan, reference: Scan, brain: LabelMap, bins: int = 255, points: int = 64) -> Scan:
     """Match `source`'s brain intensities to `reference`'s (paper §1, visit 2 is the reference)."""
+    import ants
+
     src = Scan(np.where(brain.data, source.data, 0).astype(np.float32), source.affine)
     ref = Scan(np.where(brain.data, reference.data, 0).astype(np.float32), reference.affine)
     matched = ants.histogram_match_image(to_ants(src), to_ants(ref), number_of_histogram_bins=bins, number_of_match_points=points)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import ants
 import numpy as np
 
 from msnl.antsio import to_ants
@@ -17,6 +16,8 @@ def resample_labels(labels: LabelMap, reference: LabelMap, transform: str | Path
     """`labels` on `reference`'s grid, nearest neighbour. `transform` maps reference points
     to `labels`' space (ITK convention, used as read; `invert` uses its inverse), or None for
     the identity (resampling through world coordinates)."""
+    import ants
+
     moving = to_ants(Scan(labels.data.astype(np.float32), labels.affine))
     fixed = to_ants(Scan(np.zeros(reference.shape, np.float32), reference.affine))
     with tempfile.TemporaryDirectory(prefix="msnl-tx-") as tmp:
