@@ -123,13 +123,15 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
     model, history = train(data, cfg, seed, init_state, on_batch, device)
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")  # renamed into place once whole: a crash never leaves half a file
     torch.save({
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "config": cfg.to_dict(), "seed": seed, "history": history, "device": str(device),
         "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
         "init": None if init is None else str(init), "msnl_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }, out)
+    }, partial)
+    partial.replace(out)
     _loss_curve(history, out.with_suffix(".loss.png"))
     return history
 
