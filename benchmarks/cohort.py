@@ -6,9 +6,10 @@ On a simulated cohort (`msnl simulate`, seed 7), runs `msnl run` with 1, then 2 
 workers, each into a fresh store, and reports for each: wall time, the time spent inside
 the kernels (N4, the rest of step one, the CNN; read back from the results' own timings),
 the share of the wall time x workers spent outside them, and the peak memory of each worker
-process. Dask's task stream splits the time outside the kernels in two: each worker's end
-tail (from its last task to the end of the run, when no task was left for it) and the rest
-(ingest, scheduling, I/O and serialisation, and any wait between tasks). Then re-runs the
+process. Dask's task stream splits the time outside the kernels in two: workers waiting
+with nothing ready (gaps over a second between a worker's tasks, and its end tail) and the
+rest (ingest before the first task, the short gaps of scheduling latency, and the time
+inside tasks but outside the kernels: I/O and serialisation). Then re-runs the
 2-worker store (a no-op) and times it. With --real, the same on the real Lesjak pairs,
 through a CSV manifest, for the peak memory on real pairs.
 """
@@ -43,15 +44,33 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def end_tail_seconds(tasks: list[dict], end: float) -> float:
-    """Seconds, summed over workers, from each worker's last task to the end of the run: time
-    when no task was left for it at all (the graph's granularity, not scheduling or I/O)."""
-    last: dict[str, float] = {}
+SCHEDULING_GAP_S = 1.0  # a gap between two tasks on a worker up to this long is scheduling latency
+
+
+def idle_seconds(tasks: list[dict], start: float, end: float) -> tuple[float, float]:
+    """Seconds, summed over workers, a worker had no task, split in two: waits (gaps over
+    SCHEDULING_GAP_S between its tasks, and its end tail: nothing was ready for it, because
+    of the graph's shape) and everything else that isn't inside a task (the time before the
+    first task, for ingest and submission, and the short gaps of scheduling latency)."""
+    spans: dict[str, list[tuple[float, float]]] = {}
     for task in tasks:
         for ss in task.get("startstops", ()):
             if ss["action"] == "compute":
-                last[task["worker"]] = max(last.get(task["worker"], 0.0), ss["stop"])
-    return sum(max(0.0, end - stop) for stop in last.values())
+                spans.setdefault(task["worker"], []).append((ss["start"], ss["stop"]))
+    waiting = other = 0.0
+    for worker_spans in spans.values():
+        worker_spans.sort()
+        other += max(0.0, worker_spans[0][0] - start)
+        last = worker_spans[0][1]
+        for begin, stop in worker_spans[1:]:
+            gap = max(0.0, begin - last)
+            if gap > SCHEDULING_GAP_S:
+                waiting += gap
+            else:
+                other += gap
+            last = max(last, stop)
+        waiting += max(0.0, end - last)
+    return waiting, other
 
 
 def run_once(source: Path, store: Path, workers: int) -> dict:
@@ -63,25 +82,25 @@ def run_once(source: Path, store: Path, workers: int) -> dict:
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=thread_env(1),
                       preload=["pipelines.worker"], dashboard_address=None, memory_limit="6GiB") as cluster:
         with Client(cluster, set_as_default=False) as client, get_task_stream(client=client) as stream:
-            started = time.perf_counter()
+            started, start = time.perf_counter(), time.time()
             summary = run_cohort(source, store, scheduler=cluster.scheduler_address, progress=False)
             wall = time.perf_counter() - started
             end = time.time()
             peaks = sorted(client.run(_peak_rss_mib).values())
     kernels = kernel_seconds(store)
     busy = sum(kernels.values())
-    tail = end_tail_seconds(stream.data, end)
+    waiting, _ = idle_seconds(stream.data, start, end)
     return {"workers": workers, "intervals": summary.intervals, "done": summary.done, "failed": len(summary.failed),
             "wall_s": wall, "kernel_s": kernels, "outside_share": 1 - busy / (wall * workers),
-            "tail_s": tail, "overhead_share": 1 - (busy + tail) / (wall * workers), "peak_mib": peaks}
+            "waiting_s": waiting, "overhead_share": 1 - (busy + waiting) / (wall * workers), "peak_mib": peaks}
 
 
 def report(label: str, r: dict) -> None:
     k = r["kernel_s"]
     print(f"{label}: {r['workers']} worker(s), {r['done']}/{r['intervals']} intervals ({r['failed']} failed) in {r['wall_s']:.1f} s; "
           f"kernels {sum(k.values()):.1f} s (N4 {k['n4']:.1f}, rest of step one {k['step_one_rest']:.1f}, CNN {k['cnn']:.1f}); "
-          f"outside the kernels {r['outside_share']:.1%} of wall x workers, of which workers with no task left "
-          f"{r['tail_s']:.1f} s and the rest (ingest, scheduling, I/O, serialisation) {r['overhead_share']:.1%}; "
+          f"outside the kernels {r['outside_share']:.1%} of wall x workers, of which workers waiting with nothing ready "
+          f"{r['waiting_s']:.1f} s and the rest (ingest, scheduling, I/O, serialisation) {r['overhead_share']:.1%}; "
           f"peak memory per worker "
           + ", ".join(f"{p:.0f} MiB" for p in r["peak_mib"]))
 
