@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from msnl.errors import MsnlError
 from msnl.simulate import SimOptions
 from pipelines.run import RunSummary, run_cohort
 from pipelines.simulate import run_simulate
@@ -29,6 +30,12 @@ def make_demo_source(root: Path, seed: int = DEMO_SEED, subjects: int = DEMO_SUB
 
 
 def run_demo(root: Path, workers: int | None = None) -> tuple[Path, RunSummary]:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "a file is in the way" if root.exists() else exc.strerror
+        raise MsnlError(f"{root}: can't make the demo folder here ({why}). Give a folder you can write, "
+                        "for example `msnl demo ./msnl-demo`.") from None
     source = make_demo_source(root / "source")
     store = root / "store.zarr"
     return store, run_cohort(source, store, workers=workers, progress=True)

@@ -39,3 +39,10 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
                      "--option", option]) == 2
         assert said in capsys.readouterr().err
     assert not (tmp_path / "work").exists() and not (tmp_path / "w.pt").exists()
+
+
+def test_demo_into_a_file_is_a_clear_error(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    assert main(["demo", str(target)]) == 2
+    assert f"{target}: can't make the demo folder here" in capsys.readouterr().err
