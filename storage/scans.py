@@ -9,7 +9,6 @@ source path and its SHA-256.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +101,10 @@ def stored_scan_attrs(store: str | Path, subject: str, visit: str) -> dict[str, 
 
 def stored_scan_voxels(store: str | Path, subject: str, visit: str) -> int:
     """Voxel count of a stored scan, from its array metadata alone (0 when it isn't stored)."""
-    meta = store_path(store) / scan_key(subject, visit) / "0" / "zarr.json"
-    if not meta.exists():
+    path = store_path(store) / scan_key(subject, visit) / "0"
+    if not (path / "zarr.json").exists():
         return 0
-    return int(np.prod(json.loads(meta.read_text())["shape"]))
+    return int(zarr.open_array(path, mode="r", zarr_format=3).size)
 
 
 def write_scan(store: str | Path, record: ScanRecord, nifti: NiftiScan) -> None:
