@@ -80,7 +80,11 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
 
 def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean with a 95% Student-t interval (nan bounds for fewer than 2 values)."""
+    """Mean with a 95% Student-t interval (nan bounds for fewer than 2 values).
+
+    The values are counts or volumes, never negative, so the lower bound is clipped at 0: the
+    clipped interval holds the true mean whenever the plain one does, and a dashboard never
+    shows "-1.4 new lesions"."""
     values = np.asarray(values, float)
     n = len(values)
     if n == 0:
@@ -89,7 +93,7 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
     if n < 2:
         return mean, math.nan, math.nan
     half = float(stats.t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half
+    return mean, max(mean - half, 0.0), mean + half
 
 
 def _summary(arm: str, interval: str, counts: np.ndarray, volumes: np.ndarray, left_out: int) -> dict:
@@ -106,7 +110,7 @@ def _summary(arm: str, interval: str, counts: np.ndarray, volumes: np.ndarray, l
 
 
 def per_arm_interval(results: xr.Dataset) -> pd.DataFrame:
-    """Per arm and interval: mean new lesions per patient (95% t CI), share free of new lesions
+    """Per arm and interval: mean new lesions per patient (95% t CI, clipped at 0), share free of new lesions
     (Wilson CI), new-lesion volume, and the number of intervals left out."""
     ok, present = usable(results), expected(results)
     rows = []

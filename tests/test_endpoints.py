@@ -47,9 +47,15 @@ def test_wilson_interval_matches_the_textbook_values():
 
 
 def test_mean_interval_is_the_student_t_interval():
-    mean, lo, hi = mean_interval(np.array([0, 2, 4]))
+    mean, lo, hi = mean_interval(np.array([10, 12, 14]))
     half = 4.302653 * 2 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
-    assert mean == 2 and lo == pytest.approx(2 - half, rel=1e-5) and hi == pytest.approx(2 + half, rel=1e-5)
+    assert mean == 12 and lo == pytest.approx(12 - half, rel=1e-5) and hi == pytest.approx(12 + half, rel=1e-5)
+
+
+def test_mean_interval_never_goes_below_zero():
+    mean, lo, hi = mean_interval(np.array([0, 2, 4]))  # the plain t interval would start at -2.97
+    half = 4.302653 * 2 / math.sqrt(3)
+    assert mean == 2 and lo == 0.0 and hi == pytest.approx(2 + half, rel=1e-5)
 
 
 def test_per_arm_interval_leaves_out_failed_intervals_and_says_how_many():
