@@ -43,6 +43,7 @@ def run_ingest(
     clear_staging(store)
     tasks = [dask.delayed(ingest_scan, pure=False)(str(store), rec) for rec in records]
     if progress:
+        print(f"ingest: {len(tasks)} scans into {store}")
         with ProgressBar(minimum=0.5):
             outcomes = dask.compute(*tasks, scheduler="threads", num_workers=workers)
     else:

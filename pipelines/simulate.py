@@ -50,6 +50,7 @@ def run_simulate(out: str | Path, n_subjects: int, n_visits: int, seed: int, opt
     # chunksize=1: one subject per submission, so the bar moves as each subject finishes
     options = {"scheduler": scheduler, "num_workers": workers, "chunksize": 1} if scheduler == "processes" else {"scheduler": scheduler}
     if progress:
+        print(f"simulate: {n_subjects} subjects x {n_visits} visits into {out}")
         with ProgressBar(minimum=0.5):
             rows = dask.compute(*tasks, **options)
     else:
