@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/cnn.py --data /path/to/train-data [--ship] [--option KEY=VALUE ...] [--no-loo]
 
---data holds three simulated cohorts (made as the model card says: sim-train, sim-real,
-sim-heldout) and a work folder for step-one results. The real Lesjak pairs come from
-../shared/data. With --ship the model trained on everything but the held-out cohort is written
-to msnl/weights/patch_cnn.pt. --option overrides a CNNConfig field, as for `msnl train`;
---no-loo skips the two leave-one-patient-out trainings.
+--data holds simulated cohorts made as the model card says (sim-heldout, never trained on, and
+training cohorts whose names start with sim-train or sim-real) and a work folder for step-one
+results. The real Lesjak pairs come from ../shared/data. With --ship the model trained on
+everything but the held-out cohort is written to msnl/weights/patch_cnn.pt. --option overrides
+a CNNConfig field, as for `msnl train`; --no-loo skips the two leave-one-patient-out trainings.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="override a CNNConfig field")
     parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-patient-out models")
     args = parser.parse_args()
-    train_sources = [args.data / "sim-train", args.data / "sim-real"]
+    train_sources = sorted(p for p in args.data.iterdir() if p.is_dir() and p.name.startswith(("sim-train", "sim-real")))
     heldout_source = args.data / "sim-heldout"
     pairs = prepare_pairs([*train_sources, heldout_source, REAL], args.data / "work", progress=False)
     by_source = {}
