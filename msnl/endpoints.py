@@ -82,7 +82,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
     """Mean with a 95% Student-t interval (nan bounds for fewer than 2 values).
 
-    The values are counts or volumes, never negative, so the lower bound is clipped at 0: the
+    The values are lesion counts, never negative, so the lower bound is clipped at 0: the
     clipped interval holds the true mean whenever the plain one does, and a dashboard never
     shows "-1.4 new lesions"."""
     values = np.asarray(values, float)
@@ -110,8 +110,8 @@ def _summary(arm: str, interval: str, counts: np.ndarray, volumes: np.ndarray, l
 
 
 def per_arm_interval(results: xr.Dataset) -> pd.DataFrame:
-    """Per arm and interval: mean new lesions per patient (95% t CI, clipped at 0), share free of new lesions
-    (Wilson CI), new-lesion volume, and the number of intervals left out."""
+    """Per arm and interval: mean new lesions per patient (95% t CI, clipped at 0), share free
+    of new lesions (Wilson CI), new-lesion volume, and the number of intervals left out."""
     ok, present = usable(results), expected(results)
     rows = []
     for arm in sorted({str(a) for a in results.arm.values}):
