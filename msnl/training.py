@@ -6,8 +6,10 @@ Progress is reported through a callback, so the command line can draw its own ba
 
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -141,3 +143,22 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
         history.append(float(np.mean(losses)))
         log.info("epoch %d: loss %.4f", epoch + 1, history[-1])
     return model, history
+
+
+def save_weights(out: Path, model: PatchCNN, cfg: CNNConfig, seed: int, history: list[float], device: torch.device,
+                 data: TrainingSet, init: Path | None = None) -> None:
+    """Write a weights file that `msnl.inference.load_weights` reads: the state dict, with the
+    config, seed, loss history, device and data in its metadata. It is renamed into place once
+    whole, so a crash never leaves half a file."""
+    from msnl import __version__
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    torch.save({
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "config": cfg.to_dict(), "seed": seed, "history": history, "device": str(device),
+        "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
+        "init": None if init is None else str(init), "msnl_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }, partial)
+    partial.replace(out)

@@ -141,6 +141,14 @@ def cnn_batch_ready(pending: int, batch: int, unfinished_step_one: int, workers:
     return pending > 0 and (pending >= batch or unfinished_step_one < workers)
 
 
+def cnn_resources(client: Client) -> dict[str, int] | None:
+    """What a CNN task asks the scheduler for: one GPU when any worker advertises one (start
+    such workers with `dask worker ... --resources GPU=1`), so CNN tasks go only to them;
+    nothing otherwise, so any worker runs them on its CPU."""
+    has_gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info()["workers"].values())
+    return {"GPU": 1} if has_gpu else None
+
+
 def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
     n = workers or max(1, min(os.cpu_count() or 1, todo))
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1), preload=["pipelines.worker"],
@@ -189,8 +197,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
     client = Client(scheduler or cluster, set_as_default=False)
     done = 0
     try:
-        has_gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info()["workers"].values())
-        cnn_resources = {"GPU": 1} if has_gpu else None
+        resources = cnn_resources(client)
         workers_now = max(1, len(client.scheduler_info()["workers"]))
         # Largest first (ANTs time grows with voxel count), so small tasks fill the end of the run.
         visits = sorted({(s, v) for s, a, b in todo for v in (a, b)})
@@ -225,7 +232,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                     bars[2].update(1)
                     tqdm.write(f"run: sub-{subject} {a}->{b} failed: {status}: {message}")
                 if cnn_batch_ready(len(pending), cnn_batch, len(futures) - finished, workers_now):
-                    cnn = client.submit(cnn_task, store, pending, weights, cfg, resources=cnn_resources, pure=False,
+                    cnn = client.submit(cnn_task, store, pending, weights, cfg, resources=resources, pure=False,
                                         priority=CNN_PRIORITY, key=f"cnn-{uuid4().hex}")
                     batch_of[cnn] = pending
                     queue.add(cnn)

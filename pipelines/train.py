@@ -99,14 +99,10 @@ def collect(pairs: list[TrainingPair], progress: bool = True):
 
 def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, progress: bool = True) -> list[float]:
     """Train, then write the weights (with seed, data and history in their metadata) and a loss curve."""
-    import datetime
-
-    import torch
     from tqdm import tqdm
 
-    from msnl import __version__
     from msnl.inference import load_weights
-    from msnl.training import device_for, train
+    from msnl.training import device_for, save_weights, train
 
     init_state = None
     if init is not None:
@@ -122,16 +118,7 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
     device = device_for()
     model, history = train(data, cfg, seed, init_state, on_batch, device)
     bar.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")  # renamed into place once whole: a crash never leaves half a file
-    torch.save({
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "config": cfg.to_dict(), "seed": seed, "history": history, "device": str(device),
-        "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
-        "init": None if init is None else str(init), "msnl_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }, partial)
-    partial.replace(out)
+    save_weights(out, model, cfg, seed, history, device, data, init)
     _loss_curve(history, out.with_suffix(".loss.png"))
     return history
 

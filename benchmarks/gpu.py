@@ -1,0 +1,270 @@
+"""Step two on a GPU: the CUDA paths of inference, of training and of a Dask worker that
+advertises a GPU, timed against the CPU of the same machine.
+
+Made for a lent GPU machine that has torch but not the rest of msnl's stack, so its input is
+exported here first, and the check runs in parts that each need only some packages:
+
+    .venv/bin/python benchmarks/gpu.py export --data /path/to/train-data --out .gpu
+    python3 benchmarks/gpu.py inference --store .gpu/store       # zarr, xarray, distributed
+    python3 benchmarks/gpu.py dask --store .gpu/store            # the same
+    python3 benchmarks/gpu.py train --patches .gpu/patches.npz   # torchio
+    python3 benchmarks/gpu.py fit --patches .gpu/patches.npz --out model.pt --config '{"lr_step_epochs": 8}'
+
+`export` copies the step-one results of the real pairs (no scans, no visit images) into a small
+store, and writes a sample of training patches (all of them with `--pairs 0 --with-real`) to
+one compressed file. `train` times epochs; `fit` trains one model as `msnl train` would, on
+the exported patches less those of `--exclude`d sources, and writes its weights file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+_KEEP_OUT = {"flair1", "flair2", "levels1", "levels2"}  # the CNN reads patches, not whole visits
+
+
+def _copy_results(source: Path, out: Path) -> None:
+    """The store's root, cohort table and step-one results, without scans or visit images."""
+    out.mkdir(parents=True)
+    shutil.copy2(source / "zarr.json", out / "zarr.json")
+    shutil.copytree(source / "cohort", out / "cohort")
+    for pair in (p.parent for p in (source / "pairs").glob("*/*/*/zarr.json")):
+        shutil.copytree(pair, out / pair.relative_to(source), ignore=lambda d, names: [n for n in names if n in _KEEP_OUT])
+        for parent in (pair.parent, pair.parent.parent, pair.parent.parent.parent):
+            if (parent / "zarr.json").exists():
+                shutil.copy2(parent / "zarr.json", out / parent.relative_to(source) / "zarr.json")
+
+
+def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool) -> None:
+    from pipelines.train import collect, prepare_pairs
+    from storage.training_data import work_store
+
+    real = ROOT.parent / "shared" / "data" / "lesjak-longitudinal"
+    _copy_results(work_store(data / "work", real), out / "store")
+    cohorts = sorted(p for p in data.iterdir() if p.is_dir() and p.name.startswith(("sim-train", "sim-real")))
+    pairs = prepare_pairs(cohorts, data / "work", progress=False)
+    if pairs_wanted:
+        pairs = [pairs[i] for i in np.random.default_rng(seed).choice(len(pairs), min(pairs_wanted, len(pairs)), replace=False)]
+    if with_real:
+        pairs += prepare_pairs([real], data / "work", progress=False)
+    sample = collect(pairs)
+    np.savez_compressed(
+        out / "patches.npz",
+        patches=np.concatenate([p.ravel() for p in sample.patches]).astype(np.float32),
+        truths=np.concatenate([t.ravel() for t in sample.truths]),
+        shapes=np.array([p.shape for p in sample.patches]),
+        infratentorial=np.array(sample.infratentorial),
+        sources=np.array(sample.sources),
+    )
+    print(f"export: {out / 'store'} and {len(sample)} patches of {len(pairs)} pairs in {out / 'patches.npz'}")
+
+
+def _load_patches(path: Path, exclude: list[str] | None = None):
+    from msnl.training import TrainingSet
+
+    with np.load(path) as saved:  # each lookup decompresses, so once per array
+        patches, truths, shapes, infratentorial, sources = (saved[k] for k in ("patches", "truths", "shapes", "infratentorial", "sources"))
+    data, at, truth_at = TrainingSet(), 0, 0
+    for shape, infra, source in zip(shapes, infratentorial, sources):
+        size, voxels = int(np.prod(shape)), int(np.prod(shape[1:]))
+        if not any(e in str(source) for e in exclude or []):
+            data.add(patches[at:at + size].reshape(shape), truths[truth_at:truth_at + voxels].reshape(shape[1:]), bool(infra), str(source))
+        at, truth_at = at + size, truth_at + voxels
+    return data
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device == "cuda" else device
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def inference(store: Path, repeats: int, accel: str) -> None:
+    import torch
+
+    from msnl.config import StepOneConfig
+    from msnl.inference import load_weights, predict_patches
+    from msnl.scan import LabelMap
+    from msnl.step_two import run_step_two
+    from storage.pairs import read_candidates, read_pair_array, read_pair_attrs
+    from storage.results import intervals
+
+    print(f"inference: {_device_name(accel)}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads available")
+    models = {d: load_weights(None, torch.device(d)) for d in (accel, "cpu")}
+    rows = []
+    for subject, a, b in intervals(store):
+        table, patches = read_candidates(store, subject, a, b)
+        attrs = read_pair_attrs(store, subject, a, b)
+        grid = LabelMap(read_pair_array(store, subject, a, b, "brain") > 0, np.asarray(attrs["affine"]))
+        masks, times = {}, {}
+        for name, device, threads in (("accel", accel, None), ("cpu-2", "cpu", 2), ("cpu-all", "cpu", torch.get_num_threads())):
+            model, cfg, _ = models[device]
+            if threads:
+                torch.set_num_threads(threads)
+            run = lambda: run_step_two(table, patches, grid, model, cfg, StepOneConfig(), torch.device(device))  # noqa: E731
+            masks[name] = run().mask.data  # also the warm-up (CUDA context, cuDNN plans)
+            _sync(device)
+            times[name] = _median_time(run, repeats if name == "accel" else 1)
+            net = lambda: predict_patches(model, patches, cfg, torch.device(device))  # noqa: E731
+            times[name + " net"] = _median_time(net, repeats if name == "accel" else 1)
+        overlap = {n: 2 * (m & masks["accel"]).sum() / max(1, m.sum() + masks["accel"].sum()) for n, m in masks.items()}
+        rows.append((f"{subject} {a}->{b}", len(patches), times, overlap, int(masks["accel"].sum()), int(masks["cpu-2"].sum())))
+    print(f"\npair                candidates  step two (s): {accel} / cpu 2 threads / cpu all   network only (s)          "
+          f"mask voxels {accel} / cpu, Dice {accel} vs cpu")
+    for name, n, t, overlap, vg, vc in rows:
+        print(f"{name:<20}{n:>10}  {t['accel']:>8.2f} / {t['cpu-2']:>6.2f} / {t['cpu-all']:>6.2f}"
+              f"          {t['accel net']:.2f} / {t['cpu-2 net']:.2f} / {t['cpu-all net']:.2f}"
+              f"          {vg} / {vc}, {overlap['cpu-2']:.4f}")
+
+
+def _start_workers(address: str) -> list[subprocess.Popen]:
+    """The two kinds of worker that docs/scaling.md starts: a CPU one and one with GPU=1."""
+    procs = []
+    for name, extra in (("cpu-worker", []), ("gpu-worker", ["--resources", "GPU=1"])):
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--name", name,
+                                       "--nthreads", "1", "--nworkers", "1", "--preload", "pipelines.worker", *extra],
+                                      cwd=ROOT, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def dask_check(store: Path, accel: str) -> None:
+    from distributed import Client, LocalCluster
+
+    from msnl.config import StepOneConfig
+    from pipelines.run import cnn_resources, cnn_task
+    from storage.results import intervals, read_prediction_attrs
+
+    todo = intervals(store)
+    with LocalCluster(n_workers=0, dashboard_address=None) as cluster, Client(cluster) as client:
+        procs = _start_workers(cluster.scheduler_address)
+        try:
+            client.wait_for_workers(2, timeout=120)
+            resources = cnn_resources(client)
+            print(f"dask: workers {sorted(w['name'] for w in client.scheduler_info()['workers'].values())}; CNN tasks ask for {resources}")
+            futures = [client.submit(cnn_task, str(store), [t], None, StepOneConfig(), resources=resources, pure=False) for t in todo]
+            for t, result in zip(todo, client.gather(futures)):
+                attrs = read_prediction_attrs(str(store), *t)
+                print(f"dask: {t[0]} {t[1]}->{t[2]}: {result[0][3]}, ran on {attrs['worker']} with {attrs['device']}, "
+                      f"CNN {attrs['timings']['cnn']:.2f} s, {attrs['new_lesion_count']} new lesions")
+                assert attrs["device"].startswith(accel) and attrs["worker"] == "gpu-worker", attrs
+        finally:
+            for p in procs:
+                p.terminate()
+    print(f"dask: every CNN task ran on the GPU worker, with {accel}")
+
+
+def train_check(patches: Path, epochs: int, accel: str) -> None:
+    import torch
+
+    from msnl.config import CNNConfig
+    from msnl.training import train
+
+    data = _load_patches(patches)
+    print(f"train: {len(data)} patches, {int(data.is_tp.sum())} TP; {_device_name(accel)}")
+    cfg = CNNConfig(epochs=epochs, patches_per_epoch=8192, size_bucket_window=8)
+    ends: list[float] = []
+
+    def mark(epoch: int, batch: int, batches: int, loss: float) -> None:
+        if batch == batches - 1:
+            _sync(accel)
+            ends.append(time.perf_counter())
+
+    start = time.perf_counter()
+    _, history = train(data, cfg, seed=0, on_batch=mark, device=torch.device(accel))
+    per_epoch = np.diff([start, *ends])
+    print(f"train {accel}: {cfg.patches_per_epoch} patches per epoch, s per epoch {np.round(per_epoch, 1).tolist()}, loss {np.round(history, 3).tolist()}")
+    torch.set_num_threads(2)
+    cpu_cfg = CNNConfig(epochs=1, patches_per_epoch=1024, size_bucket_window=8)
+    start = time.perf_counter()
+    train(data, cpu_cfg, seed=0, device=torch.device("cpu"))
+    cpu = (time.perf_counter() - start) * cfg.patches_per_epoch / cpu_cfg.patches_per_epoch
+    steady = float(np.median(per_epoch[1:])) if len(per_epoch) > 1 else float(per_epoch[0])
+    print(f"train cpu (2 threads, this machine): {cpu:.1f} s per {cfg.patches_per_epoch}-patch epoch (from 1,024 patches); "
+          f"speed-up of {accel} {cpu / steady:.1f}x")
+
+
+def fit(patches: Path, out: Path, config: str, exclude: list[str], seed: int, accel: str) -> None:
+    """Train one model as `msnl train` does, on the exported patches less any whose source
+    names contain an `exclude` string, and write its weights file."""
+    import json
+
+    import torch
+
+    from msnl.config import CNNConfig
+    from msnl.training import save_weights, train
+
+    cfg = CNNConfig.from_dict({**CNNConfig().to_dict(), **json.loads(config)})
+    data = _load_patches(patches, exclude)
+    start = time.perf_counter()
+    model, history = train(data, cfg, seed, device=torch.device(accel))
+    save_weights(out, model, cfg, seed, history, torch.device(accel), data)
+    print(f"fit {out.name}: {len(data)} patches ({int(data.is_tp.sum())} TP), {config}, "
+          f"{(time.perf_counter() - start) / cfg.epochs:.1f} s per epoch, loss {history[0]:.3f} -> {history[-1]:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part", required=True)
+    ex = sub.add_parser("export")
+    ex.add_argument("--data", type=Path, required=True)
+    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--pairs", type=int, default=6, help="simulated training pairs to sample patches from (0: all)")
+    ex.add_argument("--with-real", action="store_true", help="add the real pairs' patches")
+    ex.add_argument("--seed", type=int, default=0)
+    inf = sub.add_parser("inference")
+    inf.add_argument("--store", type=Path, required=True)
+    inf.add_argument("--repeats", type=int, default=5)
+    dk = sub.add_parser("dask")
+    dk.add_argument("--store", type=Path, required=True)
+    tr = sub.add_parser("train")
+    tr.add_argument("--patches", type=Path, required=True)
+    tr.add_argument("--epochs", type=int, default=3)
+    ft = sub.add_parser("fit")
+    ft.add_argument("--patches", type=Path, required=True)
+    ft.add_argument("--out", type=Path, required=True)
+    ft.add_argument("--config", default="{}", help='CNNConfig overrides as a JSON object, e.g. {"lr_step_epochs": 8}')
+    ft.add_argument("--exclude", action="append", default=[], help="leave out patches whose source contains this")
+    ft.add_argument("--seed", type=int, default=0)
+    for part in (inf, dk, tr, ft):
+        part.add_argument("--device", default="cuda", help="the accelerator to check (cpu: a dry run of the script)")
+    args = parser.parse_args()
+    if args.part == "export":
+        export(args.data, args.out, args.pairs, args.seed, args.with_real)
+    elif args.part == "inference":
+        inference(args.store, args.repeats, args.device)
+    elif args.part == "dask":
+        dask_check(args.store, args.device)
+    elif args.part == "train":
+        train_check(args.patches, args.epochs, args.device)
+    else:
+        fit(args.patches, args.out, args.config, args.exclude, args.seed, args.device)
+
+
+if __name__ == "__main__":
+    main()
