@@ -137,6 +137,12 @@ class CNNConfig(_Serialisable):
     # within windows of this many batches (see msnl.sampling.size_bucketed_batches). None keeps
     # each batch as drawn, padded to its largest patch. Figures for both: docs/benchmarks.md.
     size_bucket_window: int | None = None
+    # Which training patches count as TP when the batches are balanced (ours). "any_truth" is
+    # the rule: the patch holds a truth voxel. With 2 voxels of padding, 38% of the TP
+    # patches of the training pairs hold truth only in their margin, from a neighbouring lesion,
+    # while their own candidate is false. "own_component" counts a patch as TP only when its
+    # own candidate overlaps the truth. Either way the loss sees every truth voxel.
+    tp_patches: Literal["any_truth", "own_component"] = "any_truth"
     inference_batch_size: int = 64
     # Ours: intervals per CNN task in `msnl run`. Enough to keep a GPU busy between model loads,
     # few enough that the first results show early.
@@ -151,6 +157,8 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"min_lesion_mm3 must be at least 0, got {self.min_lesion_mm3}")
         if self.size_bucket_window is not None and self.size_bucket_window < 1:
             raise ConfigError(f"size_bucket_window must be at least 1 or None, got {self.size_bucket_window}")
+        if self.tp_patches not in ("any_truth", "own_component"):
+            raise ConfigError(f"tp_patches must be 'any_truth' or 'own_component', got {self.tp_patches!r}")
         if self.inference_batch_size < 1 or self.intervals_per_task < 1:
             raise ConfigError("inference_batch_size and intervals_per_task must be at least 1")
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):

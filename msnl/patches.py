@@ -44,3 +44,10 @@ def pad_batch(patches: list[torch.Tensor], truths: list[torch.Tensor] | None = N
         if y is not None:
             y[i, 0, :sx, :sy, :sz] = truths[i]
     return x, y, mask
+
+
+def candidate_hits(labels: np.ndarray, truth: np.ndarray, candidate_labels: np.ndarray) -> np.ndarray:
+    """Whether each candidate (its label in the `labels` volume) overlaps the truth with at
+    least one of its own voxels; truth that only falls in a candidate's padded box doesn't count."""
+    touched = np.unique(labels[truth & (labels > 0)])
+    return np.isin(np.asarray(candidate_labels), touched)

@@ -33,17 +33,26 @@ class TrainingSet:
     truths: list[np.ndarray] = field(default_factory=list)
     infratentorial: list[bool] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    own_hits: list[bool] = field(default_factory=list)
 
-    def add(self, patch: np.ndarray, truth: np.ndarray, infratentorial: bool, source: str) -> None:
+    def add(self, patch: np.ndarray, truth: np.ndarray, infratentorial: bool, source: str,
+            own_hit: bool | None = None) -> None:
+        """`own_hit`: whether the patch's own candidate overlaps the truth; when not known,
+        whether the patch holds any truth voxel."""
         self.patches.append(patch)
         self.truths.append(truth.astype(bool))
         self.infratentorial.append(bool(infratentorial))
         self.sources.append(source)
+        self.own_hits.append(bool(truth.any()) if own_hit is None else bool(own_hit))
 
     @property
     def is_tp(self) -> np.ndarray:
         """A patch is TP when it holds truth voxels, FP otherwise (issue 5)."""
         return np.array([t.any() for t in self.truths], dtype=bool)
+
+    def tp_flags(self, rule: str) -> np.ndarray:
+        """The TP flags that balance the batches, under CNNConfig.tp_patches's `rule`."""
+        return self.is_tp if rule == "any_truth" else np.array(self.own_hits, dtype=bool) & self.is_tp
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -118,7 +127,7 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=cfg.lr_step_epochs, gamma=cfg.lr_decay)
     dataset = tio.SubjectsDataset(_subjects(data, cfg), transform=augmentation(cfg))
-    is_tp, infra = data.is_tp, np.asarray(data.infratentorial)
+    is_tp, infra = data.tp_flags(cfg.tp_patches), np.asarray(data.infratentorial)
     volumes = np.array([np.prod(np.minimum(p.shape[1:], cfg.train_max_patch)) for p in data.patches])
     history: list[float] = []
     for epoch in range(cfg.epochs):

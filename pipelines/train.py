@@ -88,12 +88,13 @@ def collect(pairs: list[TrainingPair], progress: bool = True):
     data = TrainingSet()
     for pair in pairs:
         items, _ = pair_patches(pair)
-        for patch, truth, infra in items:
-            data.add(patch, truth, infra, pair.name)
+        for patch, truth, infra, own_hit in items:
+            data.add(patch, truth, infra, pair.name, own_hit)
     if progress:
         tp = int(data.is_tp.sum())
-        print(f"train: {len(data)} patches from {len(pairs)} pairs: {tp} TP, {len(data) - tp} FP, "
-              f"{int(sum(data.infratentorial))} infratentorial")
+        own = int(data.tp_flags("own_component").sum())
+        print(f"train: {len(data)} patches from {len(pairs)} pairs: {tp} TP ({own} with truth in their own "
+              f"candidate), {len(data) - tp} FP, {int(sum(data.infratentorial))} infratentorial")
     return data
 
 

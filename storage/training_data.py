@@ -11,9 +11,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import zarr
 
 from msnl.errors import InputError
+from msnl.patches import candidate_hits
 from msnl.resample import resample_labels
 from msnl.scan import LabelMap
 from storage.bids import DERIVATIVES, truth_path
@@ -99,22 +99,17 @@ def read_truth(pair: TrainingPair, grid: LabelMap) -> np.ndarray:
 
 
 def pair_patches(pair: TrainingPair):
-    """The pair's step-one patches, each with its truth patch and infratentorial flag."""
-    from storage.pairs import read_candidates, read_pair_attrs
+    """The pair's step-one patches, each with its truth patch, infratentorial flag, and whether
+    its own candidate (not a neighbour inside its margin) overlaps the truth."""
+    from storage.pairs import read_candidates, read_pair_array, read_pair_attrs
 
     attrs = read_pair_attrs(pair.store, pair.subject, pair.from_visit, pair.to_visit)
     table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit)
-    shape = _grid_shape(pair)
-    truth = read_truth(pair, LabelMap(np.zeros(shape, bool), np.asarray(attrs["affine"])))
+    labels = read_pair_array(pair.store, pair.subject, pair.from_visit, pair.to_visit, "candidates")
+    truth = read_truth(pair, LabelMap(np.zeros(labels.shape, bool), np.asarray(attrs["affine"])))
+    hits = candidate_hits(labels, truth, table.label.to_numpy())
     out = []
-    for row, patch in zip(table.itertuples(), patches):
+    for row, patch, hit in zip(table.itertuples(), patches, hits):
         box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
-        out.append((patch, truth[box], bool(row.infratentorial)))
+        out.append((patch, truth[box], bool(row.infratentorial), bool(hit)))
     return out, truth
-
-
-def _grid_shape(pair: TrainingPair) -> tuple[int, ...]:
-    from storage.pairs import pair_key
-
-    group = zarr.open_group(Path(pair.store) / pair_key(pair.subject, pair.from_visit, pair.to_visit), mode="r")
-    return group["brain"].shape

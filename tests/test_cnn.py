@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from msnl.cnn import PatchCNN
 from msnl.config import CNNConfig, ConfigError
 from msnl.inference import stitch
 from msnl.metrics import score_lesions
+from msnl.patches import candidate_hits
 from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 from msnl.scan import LabelMap
 from msnl.training import TrainingSet, masked_bce, masked_soft_dice, train
@@ -183,3 +186,37 @@ def test_soft_dice_rewards_confident_lesion_voxels_and_ignores_padding():
     wrong = torch.tensor([-9.0, 9.0, -9.0]).reshape(1, 1, 3, 1, 1)
     assert float(masked_soft_dice(right, truth, mask)) < 0.01
     assert float(masked_soft_dice(wrong, truth, mask)) > 0.6
+
+
+def test_candidate_hits_count_a_candidates_own_voxels_not_its_margin():
+    labels = np.zeros((12, 6, 4), np.int32)
+    labels[1:3, 1:3, 1:3] = 1
+    labels[6:8, 1:3, 1:3] = 2
+    labels[10, 4, 2] = 3
+    truth = np.zeros(labels.shape, bool)
+    truth[2, 2, 2] = True  # inside candidate 1
+    truth[4, 1:3, 1:3] = True  # inside candidate 2's 2-voxel margin, not candidate 2
+    assert candidate_hits(labels, truth, np.array([1, 2, 3])).tolist() == [True, False, False]
+
+
+def test_the_tp_rule_decides_which_patches_balance_the_batches():
+    data = TrainingSet()
+    patch = np.ones((5, 6, 6, 4), np.float32)
+    lesion, margin_only = np.zeros((6, 6, 4), bool), np.zeros((6, 6, 4), bool)
+    lesion[2:4, 2:4, 1:3] = True
+    margin_only[0, 0, 0] = True
+    data.add(patch, lesion, False, "toy", own_hit=True)
+    data.add(patch, margin_only, False, "toy", own_hit=False)
+    data.add(patch, np.zeros((6, 6, 4), bool), False, "toy")
+    data.add(patch, lesion, False, "toy")  # own_hit unknown: any truth voxel counts
+    assert data.tp_flags("any_truth").tolist() == [True, True, False, True]
+    assert data.tp_flags("own_component").tolist() == [True, False, False, True]
+    only_margins = TrainingSet()
+    only_margins.add(patch, margin_only, False, "toy", own_hit=False)
+    only_margins.add(patch, np.zeros((6, 6, 4), bool), False, "toy")
+    cfg = CNNConfig(widths=(4,) * 6, epochs=1, batch_size=2, patches_per_epoch=4)
+    train(only_margins, cfg, seed=0, device=torch.device("cpu"))  # one TP under the issue's rule
+    with pytest.raises(ValueError, match="both TP and FP"):
+        train(only_margins, replace(cfg, tp_patches="own_component"), seed=0, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="tp_patches"):
+        CNNConfig(tp_patches="margin")
