@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def cnn_config(options: list[str], epochs: int | None = None):
-    """The default CNNConfig with `KEY=VALUE` overrides (VALUE in JSON: 8, null, [16, 32])."""
+    """The default CNNConfig with `KEY=VALUE` overrides (VALUE in JSON: 8, null, [16, 32]; a
+    text field also takes its value bare, as in tp_patches=own_component)."""
     import json
 
     from msnl.config import CNNConfig, ConfigError
@@ -34,10 +35,14 @@ def cnn_config(options: list[str], epochs: int | None = None):
         key, sep, raw = option.partition("=")
         if not sep:
             raise ConfigError(f"--option {option!r}: write it as KEY=VALUE, e.g. size_bucket_window=8")
+        key = key.strip()
         try:
-            values[key.strip()] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            raise ConfigError(f"--option {option!r}: the value must be JSON (a number, null, or a list like [16, 32])") from None
+            if not isinstance(values.get(key), str):
+                raise ConfigError(f"--option {option!r}: the value must be JSON (a number, null, or a list like [16, 32])") from None
+            value = raw.strip()
+        values[key] = value
     if epochs is not None:
         values["epochs"] = epochs
     return CNNConfig.from_dict(values)
