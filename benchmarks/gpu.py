@@ -65,6 +65,7 @@ def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool)
         shapes=np.array([p.shape for p in sample.patches]),
         infratentorial=np.array(sample.infratentorial),
         sources=np.array(sample.sources),
+        own_hits=np.array(sample.own_hits),
     )
     print(f"export: {out / 'store'} and {len(sample)} patches of {len(pairs)} pairs in {out / 'patches.npz'}")
 
@@ -73,12 +74,14 @@ def _load_patches(path: Path, exclude: list[str] | None = None):
     from msnl.training import TrainingSet
 
     with np.load(path) as saved:  # each lookup decompresses, so once per array
-        patches, truths, shapes, infratentorial, sources = (saved[k] for k in ("patches", "truths", "shapes", "infratentorial", "sources"))
+        patches, truths, shapes, infratentorial, sources, own_hits = (
+            saved[k] for k in ("patches", "truths", "shapes", "infratentorial", "sources", "own_hits"))
     data, at, truth_at = TrainingSet(), 0, 0
-    for shape, infra, source in zip(shapes, infratentorial, sources):
+    for shape, infra, source, own_hit in zip(shapes, infratentorial, sources, own_hits):
         size, voxels = int(np.prod(shape)), int(np.prod(shape[1:]))
         if not any(e in str(source) for e in exclude or []):
-            data.add(patches[at:at + size].reshape(shape), truths[truth_at:truth_at + voxels].reshape(shape[1:]), bool(infra), str(source))
+            data.add(patches[at:at + size].reshape(shape), truths[truth_at:truth_at + voxels].reshape(shape[1:]), bool(infra), str(source),
+                     bool(own_hit))
         at, truth_at = at + size, truth_at + voxels
     return data
 
