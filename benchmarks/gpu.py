@@ -30,19 +30,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-_KEEP_OUT = {"flair1", "flair2", "levels1", "levels2"}  # the CNN reads patches, not whole visits
+# The CNN reads the cohort table and the step-one results (patches), not scans or whole visits.
+_LEFT_BEHIND = {"scans", "corrected", "reports", ".staging", "flair1", "flair2", "levels1", "levels2"}
 
 
 def _copy_results(source: Path, out: Path) -> None:
     """The store's root, cohort table and step-one results, without scans or visit images."""
-    out.mkdir(parents=True)
-    shutil.copy2(source / "zarr.json", out / "zarr.json")
-    shutil.copytree(source / "cohort", out / "cohort")
-    for pair in (p.parent for p in (source / "pairs").glob("*/*/*/zarr.json")):
-        shutil.copytree(pair, out / pair.relative_to(source), ignore=lambda d, names: [n for n in names if n in _KEEP_OUT])
-        for parent in (pair.parent, pair.parent.parent, pair.parent.parent.parent):
-            if (parent / "zarr.json").exists():
-                shutil.copy2(parent / "zarr.json", out / parent.relative_to(source) / "zarr.json")
+    shutil.copytree(source, out, ignore=lambda folder, names: [n for n in names if n in _LEFT_BEHIND])
 
 
 def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool) -> None:
