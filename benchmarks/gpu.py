@@ -10,9 +10,10 @@ exported here first, and the check runs in parts that each need only some packag
     python3 benchmarks/gpu.py train --patches .gpu/patches.npz   # torchio
     python3 benchmarks/gpu.py fit --patches .gpu/patches.npz --out model.pt --config '{"lr_step_epochs": 8}'
 
-`export` copies the step-one results of the real pairs (no scans, no visit images) into a small
-store, and writes a sample of training patches (all of them with `--pairs 0 --with-real`) to
-one compressed file. `train` times epochs; `fit` trains one model as `msnl train` would, on
+`export` copies the step-one results of the real pairs (no scans, no visit images but the two
+stored FLAIRs, which weights trained with `flair_input=intensities` read) into a small store,
+and writes a sample of training patches (all of them with `--pairs 0 --with-real`) to one
+compressed file, with FLAIR channels as `--flair-input` says (default: the shipped weights'). `train` times epochs; `fit` trains one model as `msnl train` would, on
 the exported patches less those of `--exclude`d sources, and writes its weights file.
 """
 
@@ -30,18 +31,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The CNN reads the cohort table and the step-one results (patches), not scans or whole visits.
-_LEFT_BEHIND = {"scans", "corrected", "reports", ".staging", "flair1", "flair2", "levels1", "levels2"}
+# The CNN reads the cohort table and the step-one results (patches, and the stored FLAIRs when
+# its weights take intensities), not scans, corrected visits or grey levels.
+_LEFT_BEHIND = {"scans", "corrected", "reports", ".staging", "levels1", "levels2"}
 
 
 def _copy_results(source: Path, out: Path) -> None:
-    """The store's root, cohort table and step-one results, without scans or visit images."""
+    """The store's root, cohort table and step-one results, without scans or grey levels."""
     shutil.copytree(source, out, ignore=lambda folder, names: [n for n in names if n in _LEFT_BEHIND])
 
 
-def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool) -> None:
+def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool, flair_input: str | None) -> None:
+    from msnl.inference import load_weights
     from pipelines.train import collect, prepare_pairs
     from storage.training_data import work_store
+
+    flair_input = flair_input or load_weights(None)[1].flair_input
 
     real = ROOT.parent / "shared" / "data" / "lesjak-longitudinal"
     _copy_results(work_store(data / "work", real), out / "store")
@@ -51,7 +56,7 @@ def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool)
         pairs = [pairs[i] for i in np.random.default_rng(seed).choice(len(pairs), min(pairs_wanted, len(pairs)), replace=False)]
     if with_real:
         pairs += prepare_pairs([real], data / "work", progress=False)
-    sample = collect(pairs)
+    sample = collect(pairs, flair_input=flair_input)
     np.savez_compressed(
         out / "patches.npz",
         patches=np.concatenate([p.ravel() for p in sample.patches]).astype(np.float32),
@@ -60,13 +65,25 @@ def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool)
         infratentorial=np.array(sample.infratentorial),
         sources=np.array(sample.sources),
         own_hits=np.array(sample.own_hits),
+        flair_input=np.array(flair_input),
     )
-    print(f"export: {out / 'store'} and {len(sample)} patches of {len(pairs)} pairs in {out / 'patches.npz'}")
+    print(f"export: {out / 'store'} and {len(sample)} patches of {len(pairs)} pairs ({flair_input}) in {out / 'patches.npz'}")
 
 
-def _load_patches(path: Path, exclude: list[str] | None = None):
+def _exported_flair_input(path: Path) -> str:
+    with np.load(path) as saved:
+        return str(saved["flair_input"]) if "flair_input" in saved else "grey_levels"
+
+
+def _load_patches(path: Path, exclude: list[str] | None = None, flair_input: str | None = None):
+    """The exported patches as a TrainingSet; refuses them when their FLAIR channels are not
+    the `flair_input` the model will be trained for."""
     from msnl.training import TrainingSet
 
+    exported = _exported_flair_input(path)
+    if flair_input is not None and flair_input != exported:
+        raise SystemExit(f"{path}: its patches hold {exported}, the config asks for {flair_input}; "
+                         f"export again with --flair-input {flair_input}")
     with np.load(path) as saved:  # each lookup decompresses, so once per array
         patches, truths, shapes, infratentorial, sources, own_hits = (
             saved[k] for k in ("patches", "truths", "shapes", "infratentorial", "sources", "own_hits"))
@@ -116,7 +133,7 @@ def inference(store: Path, repeats: int, accel: str) -> None:
     models = {d: load_weights(None, torch.device(d)) for d in (accel, "cpu")}
     rows = []
     for subject, a, b in intervals(store):
-        table, patches = read_candidates(store, subject, a, b)
+        table, patches = read_candidates(store, subject, a, b, flair_input=models[accel][1].flair_input)
         attrs = read_pair_attrs(store, subject, a, b)
         grid = LabelMap(read_pair_array(store, subject, a, b, "brain") > 0, np.asarray(attrs["affine"]))
         masks, times = {}, {}
@@ -216,8 +233,9 @@ def fit(patches: Path, out: Path, config: str, exclude: list[str], seed: int, ac
     from msnl.config import CNNConfig
     from msnl.training import save_weights, train
 
-    cfg = CNNConfig.from_dict({**CNNConfig().to_dict(), **json.loads(config)})
-    data = _load_patches(patches, exclude)
+    # the patches' own FLAIR channels unless the config names others (then they are refused)
+    cfg = CNNConfig.from_dict({**CNNConfig().to_dict(), "flair_input": _exported_flair_input(patches), **json.loads(config)})
+    data = _load_patches(patches, exclude, cfg.flair_input)
     start = time.perf_counter()
     model, history = train(data, cfg, seed, device=torch.device(accel))
     save_weights(out, model, cfg, seed, history, torch.device(accel), data)
@@ -234,6 +252,7 @@ def main() -> None:
     ex.add_argument("--pairs", type=int, default=6, help="simulated training pairs to sample patches from (0: all)")
     ex.add_argument("--with-real", action="store_true", help="add the real pairs' patches")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--flair-input", choices=("grey_levels", "intensities"), help="FLAIR channels of the patches (default: the shipped weights')")
     inf = sub.add_parser("inference")
     inf.add_argument("--store", type=Path, required=True)
     inf.add_argument("--repeats", type=int, default=5)
@@ -252,7 +271,7 @@ def main() -> None:
         part.add_argument("--device", default="cuda", help="the accelerator to check (cpu: a dry run of the script)")
     args = parser.parse_args()
     if args.part == "export":
-        export(args.data, args.out, args.pairs, args.seed, args.with_real)
+        export(args.data, args.out, args.pairs, args.seed, args.with_real, args.flair_input)
     elif args.part == "inference":
         inference(args.store, args.repeats, args.device)
     elif args.part == "dask":

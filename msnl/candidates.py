@@ -103,3 +103,16 @@ def extract_patches(
         box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
         patches.append(np.stack([np.asarray(a[box], dtype=np.float32) for a in stack]))
     return patches
+
+
+def with_flair_channels(table: pd.DataFrame, patches: list[np.ndarray], flair1: np.ndarray, flair2: np.ndarray) -> list[np.ndarray]:
+    """The same patches with their two FLAIR channels cropped from other images of the pair's
+    grid (e.g. continuous levels instead of grey levels); the distance maps are kept."""
+    out = []
+    for row, patch in zip(table.itertuples(), patches):
+        box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
+        swapped = np.array(patch, dtype=np.float32, copy=True)
+        swapped[0], swapped[1] = flair1[box], flair2[box]
+        out.append(swapped)
+    return out
+

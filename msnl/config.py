@@ -143,6 +143,12 @@ class CNNConfig(_Serialisable):
     # while their own candidate is false. "own_component" counts a patch as TP only when its
     # own candidate overlaps the truth. Either way the loss sees every truth voxel.
     tp_patches: Literal["any_truth", "own_component"] = "any_truth"
+    # What the two FLAIR channels of a patch hold (ours). "grey_levels" is the paper's (§1: the
+    # FLAIRs "after discretization", 1..6). "intensities" gives the net the same images before
+    # discretisation, in grey-level units (msnl.preprocess.continuous_levels): a noise flip
+    # across a level edge and a lesion twice as bright then look different, and lesions already
+    # at the top level at visit 1 keep their contrast. Weights record it, so inference follows.
+    flair_input: Literal["grey_levels", "intensities"] = "grey_levels"
     inference_batch_size: int = 64
     # Ours: intervals per CNN task in `msnl run`. Enough to keep a GPU busy between model loads,
     # few enough that the first results show early.
@@ -159,6 +165,8 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"size_bucket_window must be at least 1 or None, got {self.size_bucket_window}")
         if self.tp_patches not in ("any_truth", "own_component"):
             raise ConfigError(f"tp_patches must be 'any_truth' or 'own_component', got {self.tp_patches!r}")
+        if self.flair_input not in ("grey_levels", "intensities"):
+            raise ConfigError(f"flair_input must be 'grey_levels' or 'intensities', got {self.flair_input!r}")
         if self.inference_batch_size < 1 or self.intervals_per_task < 1:
             raise ConfigError("inference_batch_size and intervals_per_task must be at least 1")
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):

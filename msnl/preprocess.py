@@ -104,3 +104,17 @@ def discretise(scan: Scan, brain: LabelMap, edges: np.ndarray) -> np.ndarray:
     """Grey levels 1..N inside the brain (paper §1: "discretized on 6 levels"), 0 outside."""
     levels = np.clip(np.digitize(scan.data, edges[1:-1]) + 1, 1, len(edges) - 1).astype(np.uint8)
     return np.where(brain.data, levels, 0).astype(np.uint8)
+
+
+# Continuous levels stop this far above the top level: brighter voxels are vessels and artefacts.
+CONTINUOUS_HEADROOM = 2.0
+
+
+def continuous_levels(image: np.ndarray, brain: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The intensities behind `discretise`, in grey-level units: a level's bin centre reads as
+    that level (1..N), so rounding half up gives back the grey level within 1..N; voxels above
+    the top edge keep their excess up to N + CONTINUOUS_HEADROOM. 0 outside the brain."""
+    width = float(edges[1] - edges[0])
+    top = len(edges) - 1 + CONTINUOUS_HEADROOM
+    values = np.clip(image / width + 0.5, 0.5, top)
+    return np.where(brain, values, 0).astype(np.float32)

@@ -30,10 +30,11 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from msnl.candidates import PATCH_CHANNELS
+from msnl.candidates import PATCH_CHANNELS, with_flair_channels
 from msnl.config import StepOneConfig
 from msnl.errors import MsnlError, QualityControlError, StoreError
-from msnl.scan import Scan
+from msnl.preprocess import continuous_levels, grey_level_edges
+from msnl.scan import LabelMap, Scan
 from msnl.step_one import StageTimer, StepOneResult, correct_visit, run_step_one_corrected, software_versions
 from storage.corrected import read_corrected
 from storage.layout import new_staging_dir, open_root, publish, store_path
@@ -152,8 +153,12 @@ def read_pair_attrs(store: str | Path, subject: str, from_visit: str, to_visit: 
     return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
 
 
-def read_candidates(store: str | Path, subject: str, from_visit: str, to_visit: str) -> tuple[pd.DataFrame, list[np.ndarray]]:
-    """The candidates table and the patch arrays (channels x bounding box) of a processed pair."""
+def read_candidates(store: str | Path, subject: str, from_visit: str, to_visit: str,
+                    *, flair_input: str) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The candidates table and the patch arrays (channels x bounding box) of a processed pair.
+    `flair_input` is the CNN's (CNNConfig.flair_input), never assumed: with "intensities" the
+    FLAIR channels hold the stored FLAIRs in continuous grey-level units, with "grey_levels"
+    step one's grey levels."""
     path = store_path(store) / pair_key(subject, from_visit, to_visit)
     attrs = read_pair_attrs(store, subject, from_visit, to_visit)
     if attrs is None or attrs.get("status") != "ok":
@@ -165,7 +170,21 @@ def read_candidates(store: str | Path, subject: str, from_visit: str, to_visit: 
         shape = (len(PATCH_CHANNELS), row.hi_i - row.lo_i, row.hi_j - row.lo_j, row.hi_k - row.lo_k)
         size = int(np.prod(shape))
         patches.append(flat[row.patch_offset: row.patch_offset + size].reshape(shape))
+    if flair_input == "intensities":
+        patches = with_flair_channels(table, patches, *_continuous_flairs(store, subject, from_visit, to_visit, attrs))
+    elif flair_input != "grey_levels":
+        raise StoreError(f"flair_input must be 'grey_levels' or 'intensities', got {flair_input!r}")
     return table, patches
+
+
+def _continuous_flairs(store: str | Path, subject: str, from_visit: str, to_visit: str, attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Both stored FLAIRs in continuous grey-level units, with the edges step one used."""
+    cfg = StepOneConfig.from_dict(attrs["config"])
+    brain = read_pair_array(store, subject, from_visit, to_visit, "brain") > 0
+    flair1, flair2 = (read_pair_array(store, subject, from_visit, to_visit, name) for name in ("flair1", "flair2"))
+    edges = grey_level_edges(Scan(flair2, np.asarray(attrs["affine"])), LabelMap(brain, np.asarray(attrs["affine"])),
+                             cfg.grey_levels, cfg.grey_level_percentile)
+    return continuous_levels(flair1, brain, edges), continuous_levels(flair2, brain, edges)
 
 
 def read_pair_array(store: str | Path, subject: str, from_visit: str, to_visit: str, name: str) -> np.ndarray:

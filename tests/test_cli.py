@@ -32,11 +32,13 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
 
     assert cnn_config(["size_bucket_window=8", "widths=[8, 8, 8, 8, 8, 8]"], epochs=3).size_bucket_window == 8
     assert cnn_config(["tp_patches=own_component"]).tp_patches == cnn_config(['tp_patches="own_component"']).tp_patches == "own_component"
+    assert cnn_config(["flair_input=intensities"]).flair_input == "intensities"
     for option, said in (("no_such_field=1", "unknown CNNConfig keys: no_such_field"),
                          ("size_bucket_window", "KEY=VALUE"),
                          ("size_bucket_window=eight", "must be JSON"),
                          ("size_bucket_window=0", "size_bucket_window must be at least 1"),
-                         ("tp_patches=margin", "tp_patches must be 'any_truth' or 'own_component'")):
+                         ("tp_patches=margin", "tp_patches must be 'any_truth' or 'own_component'"),
+                         ("flair_input=raw", "flair_input must be 'grey_levels' or 'intensities'")):
         assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--work", str(tmp_path / "work"),
                      "--option", option]) == 2
         assert said in capsys.readouterr().err

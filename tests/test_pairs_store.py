@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from msnl.config import StepOneConfig
+from msnl.errors import StoreError
 from msnl.scan import Scan
 from msnl.template import mni152_anatomy
 from pipelines.ingest import run_ingest
@@ -37,7 +41,7 @@ def test_pair_result_is_stored_and_readable(store):
     assert StepOneConfig.from_dict(attrs["config"]) == StepOneConfig()  # replayable
     assert {"antspyx", "mask_model", "msnl"} <= set(attrs["versions"])
     assert attrs["qc"]["registration_correlation"] > 0.9
-    table, patches = read_candidates(store, "good", "01", "02")
+    table, patches = read_candidates(store, "good", "01", "02", flair_input="grey_levels")
     assert len(table) == len(patches) == outcome.n_candidates
     labels = read_pair_array(store, "good", "01", "02", "candidates")
     levels2 = read_pair_array(store, "good", "01", "02", "levels2")
@@ -46,6 +50,46 @@ def test_pair_result_is_stored_and_readable(store):
     np.testing.assert_array_equal(patches[0][1], levels2[box])
     assert (labels[box] == row.label).any()
     assert row.volume_mm3 == pytest.approx((labels == row.label).sum() * 8.0)
+
+
+def test_patches_with_intensities_carry_the_flairs_before_discretisation(store):
+    process_pair(store, "good", "01", "02")
+    table, levels = read_candidates(store, "good", "01", "02", flair_input="grey_levels")
+    _, continuous = read_candidates(store, "good", "01", "02", flair_input="intensities")
+    brain = read_pair_array(store, "good", "01", "02", "brain") > 0
+    row = table.iloc[0]
+    box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
+    inside = brain[box]
+    for g, c in zip(levels, continuous):
+        np.testing.assert_array_equal(c[2:], g[2:])  # distance maps untouched
+        assert not np.array_equal(c[:2], g[:2])
+        below_top, top = (g[:2] > 0) & (g[:2] < 6), g[:2] == 6  # within half a level (float32) of the grey level
+        assert (np.abs(c[:2] - g[:2])[below_top] <= 0.5 + 1e-5).all() and (c[:2][top] >= 5.5 - 1e-5).all()
+    assert (continuous[0][1][inside] > 0).all() and (continuous[0][1][~inside] == 0).all()
+    with pytest.raises(StoreError, match="flair_input"):
+        read_candidates(store, "good", "01", "02", flair_input="raw")
+
+
+def test_cnn_task_reads_the_flair_channels_its_weights_were_trained_on(store, tmp_path, monkeypatch):
+    import pipelines.run as run
+    from pipelines.train import train_and_save
+    from tests.test_cnn import _toy_set
+    from tests.test_step_two import TINY
+
+    process_pair(store, "good", "01", "02")
+    weights = tmp_path / "w.pt"
+    train_and_save(_toy_set(), weights, replace(TINY, flair_input="intensities"), seed=0, progress=False)
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["flair_input"])
+        return read_candidates(*args, **kwargs)
+
+    monkeypatch.setattr(run, "read_candidates", spy)
+    own = tmp_path / "store.zarr"  # the prediction it writes must not reach the other tests
+    shutil.copytree(store, own)
+    done = run.cnn_task(str(own), [("good", "01", "02")], str(weights), StepOneConfig())
+    assert [d[3] for d in done] == ["ok"] and asked == ["intensities"]
 
 
 def test_rerun_with_same_inputs_and_config_does_nothing(store):

@@ -8,7 +8,8 @@ from scipy import ndimage
 
 from msnl.config import StepOneConfig
 from msnl.errors import QualityControlError
-from msnl.preprocess import histogram_match, register_rigid_then_affine
+from msnl.preprocess import continuous_levels, discretise, histogram_match, register_rigid_then_affine
+from msnl.scan import LabelMap
 from msnl.scan import Scan
 from msnl.step_one import StageTimer, run_step_one
 from msnl.template import mni152_anatomy
@@ -51,6 +52,18 @@ def test_histogram_matching_undoes_a_global_scale(anatomy):
     base, brain = anatomy
     matched = histogram_match(Scan(base.data * 1.7, base.affine), base, brain)
     np.testing.assert_allclose(np.median(matched.data[brain.data]), np.median(base.data[brain.data]), rtol=0.03)
+
+
+def test_continuous_levels_round_to_the_grey_levels_and_keep_what_is_above_the_top():
+    edges = np.linspace(0.0, 60.0, 7)  # 6 levels, 10 wide
+    values = np.array([0.0, 5.0, 9.9, 10.0, 35.0, 59.0, 62.0, 100.0, 1000.0, 35.0], np.float32).reshape(10, 1, 1)
+    brain = np.array([True] * 9 + [False]).reshape(10, 1, 1)
+    levels = discretise(Scan(values, np.eye(4)), LabelMap(brain, np.eye(4)), edges).ravel()
+    continuous = continuous_levels(values, brain, edges).ravel()
+    brain = brain.ravel()
+    np.testing.assert_allclose(continuous, [0.5, 1.0, 1.49, 1.5, 4.0, 6.4, 6.7, 8.0, 8.0, 0.0], atol=1e-5)
+    np.testing.assert_array_equal(np.clip(np.floor(continuous[brain] + 0.5), 1, 6), levels[brain])
+    assert levels[5] == levels[6] == 6 and continuous[6] > continuous[5]  # the top level still has contrast
 
 
 def test_step_one_finds_the_planted_lesion(anatomy):
