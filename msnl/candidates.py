@@ -115,4 +115,3 @@ def with_flair_channels(table: pd.DataFrame, patches: list[np.ndarray], flair1: 
         swapped[0], swapped[1] = flair1[box], flair2[box]
         out.append(swapped)
     return out
-

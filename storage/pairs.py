@@ -181,7 +181,12 @@ def _continuous_flairs(store: str | Path, subject: str, from_visit: str, to_visi
     """Both stored FLAIRs in continuous grey-level units, with the edges step one used."""
     cfg = StepOneConfig.from_dict(attrs["config"])
     brain = read_pair_array(store, subject, from_visit, to_visit, "brain") > 0
-    flair1, flair2 = (read_pair_array(store, subject, from_visit, to_visit, name) for name in ("flair1", "flair2"))
+    try:
+        flair1, flair2 = (read_pair_array(store, subject, from_visit, to_visit, name) for name in ("flair1", "flair2"))
+    except KeyError:
+        raise StoreError(f"{store_path(store) / pair_key(subject, from_visit, to_visit)}: the step-one result has no "
+                         "stored FLAIRs (flair1, flair2), which weights trained with flair_input=intensities read. "
+                         "Copy the whole pair group, or use weights trained on grey levels.") from None
     edges = grey_level_edges(Scan(flair2, np.asarray(attrs["affine"])), LabelMap(brain, np.asarray(attrs["affine"])),
                              cfg.grey_levels, cfg.grey_level_percentile)
     return continuous_levels(flair1, brain, edges), continuous_levels(flair2, brain, edges)

@@ -70,6 +70,15 @@ def test_patches_with_intensities_carry_the_flairs_before_discretisation(store):
         read_candidates(store, "good", "01", "02", flair_input="raw")
 
 
+def test_intensities_without_stored_flairs_is_a_clear_store_error(store, tmp_path):
+    process_pair(store, "good", "01", "02")
+    own = tmp_path / "store.zarr"
+    shutil.copytree(store, own, ignore=lambda folder, names: [n for n in names if n == "flair1"])
+    read_candidates(own, "good", "01", "02", flair_input="grey_levels")  # grey levels need no FLAIR
+    with pytest.raises(StoreError, match="no stored FLAIRs"):
+        read_candidates(own, "good", "01", "02", flair_input="intensities")
+
+
 def test_cnn_task_reads_the_flair_channels_its_weights_were_trained_on(store, tmp_path, monkeypatch):
     import pipelines.run as run
     from pipelines.train import train_and_save
