@@ -13,8 +13,9 @@ exported here first, and the check runs in parts that each need only some packag
 `export` copies the step-one results of the real pairs (no scans, no visit images but the two
 stored FLAIRs, which weights trained with `flair_input=intensities` read) into a small store,
 and writes a sample of training patches (all of them with `--pairs 0 --with-real`) to one
-compressed file, with FLAIR channels as `--flair-input` says (default: the shipped weights'). `train` times epochs; `fit` trains one model as `msnl train` would, on
-the exported patches less those of `--exclude`d sources, and writes its weights file.
+compressed file, with FLAIR channels as `--flair-input` says (default: the shipped weights').
+`train` times epochs; `fit` trains one model as `msnl train` would, on the exported patches
+less those of `--exclude`d sources, and writes its weights file.
 """
 
 from __future__ import annotations

@@ -93,25 +93,24 @@ def _table(labels: np.ndarray, n: int, brain: LabelMap, maps: DistanceMaps, cfg:
     )
 
 
+def patch_box(row) -> tuple[slice, slice, slice]:
+    """A candidates-table row's padded bounding box, as slices of the pair's grid."""
+    return slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k)
+
+
+def crop_patches(table: pd.DataFrame, arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """One float32 array per candidate: `arrays` as channels x its padded bounding box."""
+    return [np.stack([np.asarray(a[patch_box(row)], dtype=np.float32) for a in arrays]) for row in table.itertuples()]
+
+
 def extract_patches(
     table: pd.DataFrame, levels1: np.ndarray, levels2: np.ndarray, maps: DistanceMaps
 ) -> list[np.ndarray]:
     """One float32 array per candidate, channels `PATCH_CHANNELS` x its padded bounding box."""
-    stack = (levels1, levels2, maps.dm, maps.dmz, maps.dmx)
-    patches = []
-    for row in table.itertuples():
-        box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
-        patches.append(np.stack([np.asarray(a[box], dtype=np.float32) for a in stack]))
-    return patches
+    return crop_patches(table, (levels1, levels2, maps.dm, maps.dmz, maps.dmx))
 
 
 def with_flair_channels(table: pd.DataFrame, patches: list[np.ndarray], flair1: np.ndarray, flair2: np.ndarray) -> list[np.ndarray]:
     """The same patches with their two FLAIR channels cropped from other images of the pair's
     grid (e.g. continuous levels instead of grey levels); the distance maps are kept."""
-    out = []
-    for row, patch in zip(table.itertuples(), patches):
-        box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
-        swapped = np.array(patch, dtype=np.float32, copy=True)
-        swapped[0], swapped[1] = flair1[box], flair2[box]
-        out.append(swapped)
-    return out
+    return [np.concatenate([flairs, patch[2:]]) for flairs, patch in zip(crop_patches(table, (flair1, flair2)), patches)]

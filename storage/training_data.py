@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from msnl.errors import InputError
+from msnl.candidates import patch_box
 from msnl.patches import candidate_hits
 from msnl.resample import resample_labels
 from msnl.scan import LabelMap
@@ -111,6 +112,5 @@ def pair_patches(pair: TrainingPair, *, flair_input: str):
     hits = candidate_hits(labels, truth, table.label.to_numpy())
     out = []
     for row, patch, hit in zip(table.itertuples(), patches, hits):
-        box = (slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k))
-        out.append((patch, truth[box], bool(row.infratentorial), bool(hit)))
+        out.append((patch, truth[patch_box(row)], bool(row.infratentorial), bool(hit)))
     return out, truth
