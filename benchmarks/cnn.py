@@ -114,7 +114,7 @@ def main() -> None:
         start = time.perf_counter()
         train_and_save(data, ship, cfg, args.seed)
         print(f"training on {len(sim_train)} simulated + {len(real)} real pairs: "
-              f"{(time.perf_counter() - start) / cfg.epochs:.1f} s per epoch (CPU, 2 cores)")
+              f"{(time.perf_counter() - start) / (cfg.epochs * cfg.ensemble_size):.1f} s per epoch and member (CPU, 2 cores)")
         cnn, one, infer_s, step_one_s = evaluate(ship, heldout)
         print(f"CNN inference on the held-out pairs: {np.mean(infer_s):.1f} s per pair "
               f"({np.mean(np.asarray(infer_s) / np.asarray(step_one_s)):.1%} of step one)")

@@ -225,23 +225,24 @@ def train_check(patches: Path, epochs: int, accel: str) -> None:
 
 
 def fit(patches: Path, out: Path, config: str, exclude: list[str], seed: int, accel: str) -> None:
-    """Train one model as `msnl train` does, on the exported patches less any whose source
+    """Train as `msnl train` does (every member of an ensemble), on the exported patches less any whose source
     names contain an `exclude` string, and write its weights file."""
     import json
 
     import torch
 
     from msnl.config import CNNConfig
-    from msnl.training import save_weights, train
+    from msnl.training import save_weights, train_members
 
     # the patches' own FLAIR channels unless the config names others (then they are refused)
     cfg = CNNConfig.from_dict({**CNNConfig().to_dict(), "flair_input": _exported_flair_input(patches), **json.loads(config)})
     data = _load_patches(patches, exclude, cfg.flair_input)
     start = time.perf_counter()
-    model, history = train(data, cfg, seed, device=torch.device(accel))
-    save_weights(out, model, cfg, seed, history, torch.device(accel), data)
+    members, histories = train_members(data, cfg, seed, device=torch.device(accel))
+    save_weights(out, members, cfg, seed, histories, torch.device(accel), data)
     print(f"fit {out.name}: {len(data)} patches ({int(data.is_tp.sum())} TP), {config}, "
-          f"{(time.perf_counter() - start) / cfg.epochs:.1f} s per epoch, loss {history[0]:.3f} -> {history[-1]:.3f}")
+          f"{(time.perf_counter() - start) / (cfg.epochs * cfg.ensemble_size):.1f} s per epoch, "
+          f"loss {', '.join(f'{h[0]:.3f} -> {h[-1]:.3f}' for h in histories)}")
 
 
 def main() -> None:

@@ -47,3 +47,28 @@ class PatchCNN(nn.Module):
         c4 = block(self.conv4, torch.cat([c3, maps], dim=1))
         c6 = block(self.conv6, block(self.conv5, torch.cat([c4, c2], dim=1)))
         return self.conv7(torch.cat([c6, flair2], dim=1))
+
+
+class PatchEnsemble(nn.Module):
+    """Several PatchCNNs trained alike with different seeds (CNNConfig.ensemble_size; ours, the
+    paper trains one). The output is the logit of the members' mean probability, so stitching,
+    the sigmoid and the 0.75 threshold apply unchanged."""
+
+    def __init__(self, members: list[PatchCNN]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        prob = torch.stack([torch.sigmoid(m(x, valid)) for m in self.members]).mean(dim=0)
+        return torch.logit(prob, eps=1e-6)
+
+
+def as_model(members: list[PatchCNN]) -> nn.Module:
+    """One member as itself (its logits untouched), several as a PatchEnsemble."""
+    return members[0] if len(members) == 1 else PatchEnsemble(members)
+
+
+def members_of(model: nn.Module) -> list[PatchCNN]:
+    return list(model.members) if isinstance(model, PatchEnsemble) else [model]  # type: ignore[list-item]

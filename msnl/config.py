@@ -149,6 +149,10 @@ class CNNConfig(_Serialisable):
     # across a level edge and a lesion twice as bright then look different, and lesions already
     # at the top level at visit 1 keep their contrast. Weights record it, so inference follows.
     flair_input: Literal["grey_levels", "intensities"] = "grey_levels"
+    # Models trained alike, member i with seed + i (ours; the paper trains one). Inference
+    # averages their probabilities before the threshold (msnl.cnn.PatchEnsemble), which keeps
+    # a voxel only where the members agree. Figures for 1 and 2: docs/benchmarks.md.
+    ensemble_size: int = 1
     inference_batch_size: int = 64
     # Ours: intervals per CNN task in `msnl run`. Enough to keep a GPU busy between model loads,
     # few enough that the first results show early.
@@ -167,8 +171,8 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"tp_patches must be 'any_truth' or 'own_component', got {self.tp_patches!r}")
         if self.flair_input not in ("grey_levels", "intensities"):
             raise ConfigError(f"flair_input must be 'grey_levels' or 'intensities', got {self.flair_input!r}")
-        if self.inference_batch_size < 1 or self.intervals_per_task < 1:
-            raise ConfigError("inference_batch_size and intervals_per_task must be at least 1")
+        if self.inference_batch_size < 1 or self.intervals_per_task < 1 or self.ensemble_size < 1:
+            raise ConfigError("inference_batch_size, intervals_per_task and ensemble_size must be at least 1")
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage
+from torch import nn
 
-from msnl.cnn import PatchCNN
+from msnl.cnn import PatchCNN, as_model
 from msnl.config import CNNConfig
 from msnl.errors import InputError
 from msnl.patches import pad_batch, scale
@@ -29,20 +30,26 @@ def default_weights_path() -> Path:
     return Path(str(resources.files("msnl") / "weights" / DEFAULT_WEIGHTS))
 
 
-def load_weights(path: str | Path | None = None, device: torch.device | None = None) -> tuple[PatchCNN, CNNConfig, dict[str, Any]]:
-    """The model, its config and its metadata; the shipped weights when `path` is None."""
+def load_weights(path: str | Path | None = None, device: torch.device | None = None) -> tuple[nn.Module, CNNConfig, dict[str, Any]]:
+    """The model (a PatchCNN, or a PatchEnsemble of `ensemble_size` members), its config and
+    its metadata; the shipped weights when `path` is None. Files from before ensembles, with
+    one "state_dict", load as one member."""
     path = Path(path) if path else default_weights_path()
     if not path.exists():
         raise InputError("no such weights file. Train one with `msnl train`, or omit it to use the shipped weights.", path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         cfg = CNNConfig.from_dict(saved["config"])
-        model = PatchCNN(cfg)
-        model.load_state_dict(saved["state_dict"])
+        states = saved["state_dicts"] if "state_dicts" in saved else [saved["state_dict"]]
+        if len(states) != cfg.ensemble_size:
+            raise ValueError(f"{len(states)} member state(s) for ensemble_size {cfg.ensemble_size}")
+        members = [PatchCNN(cfg) for _ in states]
+        for member, state in zip(members, states):
+            member.load_state_dict(state)
     except Exception as exc:
         raise InputError(f"is not an msnl weights file ({type(exc).__name__}: {exc}). Use a file `msnl train` wrote.", path) from None
-    model.eval()
-    return model.to(device or torch.device("cpu")), cfg, {k: v for k, v in saved.items() if k != "state_dict"}
+    model = as_model(members).eval()
+    return model.to(device or torch.device("cpu")), cfg, {k: v for k, v in saved.items() if k not in ("state_dict", "state_dicts")}
 
 
 def weights_digest(path: str | Path | None = None) -> str:
@@ -52,7 +59,7 @@ def weights_digest(path: str | Path | None = None) -> str:
 
 
 @torch.no_grad()
-def predict_patches(model: PatchCNN, patches: list[np.ndarray], cfg: CNNConfig, device: torch.device | None = None) -> list[np.ndarray]:
+def predict_patches(model: nn.Module, patches: list[np.ndarray], cfg: CNNConfig, device: torch.device | None = None) -> list[np.ndarray]:
     """Logits (X, Y, Z) for each (C, X, Y, Z) patch; batches group patches of similar size."""
     device = device or next(model.parameters()).device
     order = np.argsort([p[0].size for p in patches], kind="stable")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from msnl.candidates import PATCH_CHANNELS
-from msnl.cnn import PatchCNN
 from msnl.config import CNNConfig, StepOneConfig
 from msnl.inference import Segmentation, boxes_of, predict_patches, segment, stitch
 from msnl.scan import LabelMap
@@ -15,7 +15,7 @@ from msnl.scan import LabelMap
 _DMZ = PATCH_CHANNELS.index("dmz")
 
 
-def run_step_two(table: pd.DataFrame, patches: list[np.ndarray], grid: LabelMap, model: PatchCNN,
+def run_step_two(table: pd.DataFrame, patches: list[np.ndarray], grid: LabelMap, model: nn.Module,
                  cfg: CNNConfig, step_one: StepOneConfig | None = None, device: torch.device | None = None) -> Segmentation:
     """Predict every patch, stitch by closest centre, sigmoid, threshold, and tabulate lesions."""
     step_one = step_one or StepOneConfig()

@@ -154,18 +154,33 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
     return model, history
 
 
-def save_weights(out: Path, model: PatchCNN, cfg: CNNConfig, seed: int, history: list[float], device: torch.device,
-                 data: TrainingSet, init: Path | None = None) -> None:
-    """Write a weights file that `msnl.inference.load_weights` reads: the state dict, with the
-    config, seed, loss history, device and data in its metadata. It is renamed into place once
-    whole, so a crash never leaves half a file."""
+def train_members(data: TrainingSet, cfg: CNNConfig, seed: int, init: list[dict] | None = None,
+                  on_batch: ProgressCallback | None = None, device: torch.device | None = None
+                  ) -> tuple[list[PatchCNN], list[list[float]]]:
+    """`cfg.ensemble_size` models, member i trained by `train` with seed `seed + i` (and, when
+    fine-tuning, from `init[i % len(init)]`); `on_batch` counts epochs across members."""
+    models, histories = [], []
+    for i in range(cfg.ensemble_size):
+        offset = i * cfg.epochs
+        step = None if on_batch is None else (lambda e, b, n, loss, offset=offset: on_batch(offset + e, b, n, loss))
+        model, history = train(data, cfg, seed + i, None if init is None else init[i % len(init)], step, device)
+        models.append(model)
+        histories.append(history)
+    return models, histories
+
+
+def save_weights(out: Path, members: list[PatchCNN], cfg: CNNConfig, seed: int, histories: list[list[float]],
+                 device: torch.device, data: TrainingSet, init: Path | None = None) -> None:
+    """Write a weights file that `msnl.inference.load_weights` reads: one state dict per member,
+    with the config, seed (member i used seed + i), loss histories, device and data in its
+    metadata. It is renamed into place once whole, so a crash never leaves half a file."""
     from msnl import __version__
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     torch.save({
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "config": cfg.to_dict(), "seed": seed, "history": history, "device": str(device),
+        "state_dicts": [{k: v.cpu() for k, v in m.state_dict().items()} for m in members],
+        "config": cfg.to_dict(), "seed": seed, "histories": histories, "device": str(device),
         "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
         "init": None if init is None else str(init), "msnl_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -95,8 +95,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), workers=args.workers)
     pairs = [p for p in pairs if p.subject not in set(args.exclude)]
     data = collect(pairs, flair_input=cfg.flair_input)
-    history = train_and_save(data, Path(args.out), cfg, args.seed, Path(args.init) if args.init else None)
-    print(f"train: weights written to {args.out} (loss {history[0]:.4f} -> {history[-1]:.4f}); "
+    histories = train_and_save(data, Path(args.out), cfg, args.seed, Path(args.init) if args.init else None)
+    losses = ", ".join(f"{h[0]:.4f} -> {h[-1]:.4f}" for h in histories)
+    print(f"train: weights written to {args.out} (loss {losses}); "
           f"loss curve {Path(args.out).with_suffix('.loss.png')}")
     return 0
 

@@ -104,18 +104,20 @@ def collect(pairs: list[TrainingPair], *, flair_input: str, progress: bool = Tru
     return data
 
 
-def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, progress: bool = True) -> list[float]:
-    """Train, then write the weights (with seed, data and history in their metadata) and a loss curve."""
+def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, progress: bool = True) -> list[list[float]]:
+    """Train `cfg.ensemble_size` members, then write the weights (with seed, data and loss
+    histories in their metadata) and a loss curve; returns one loss history per member."""
     from tqdm import tqdm
 
+    from msnl.cnn import members_of
     from msnl.inference import load_weights
-    from msnl.training import device_for, save_weights, train
+    from msnl.training import device_for, save_weights, train_members
 
-    init_state = None
+    init_states = None
     if init is not None:
         model, _, _ = load_weights(init)
-        init_state = model.state_dict()
-    bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", disable=not progress)
+        init_states = [m.state_dict() for m in members_of(model)]
+    bar = tqdm(total=cfg.epochs * cfg.ensemble_size, desc="train", unit="epoch", disable=not progress)
 
     def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
         bar.set_postfix(batch=f"{i + 1}/{n}", loss=f"{loss:.4f}")
@@ -123,21 +125,24 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
             bar.update(1)
 
     device = device_for()
-    model, history = train(data, cfg, seed, init_state, on_batch, device)
+    members, histories = train_members(data, cfg, seed, init_states, on_batch, device)
     bar.close()
-    save_weights(out, model, cfg, seed, history, device, data, init)
-    _loss_curve(history, out.with_suffix(".loss.png"))
-    return history
+    save_weights(out, members, cfg, seed, histories, device, data, init)
+    _loss_curve(histories, seed, out.with_suffix(".loss.png"))
+    return histories
 
 
-def _loss_curve(history: list[float], path: Path) -> None:
+def _loss_curve(histories: list[list[float]], seed: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(range(1, len(history) + 1), history, marker="o")
+    for i, history in enumerate(histories):
+        ax.plot(range(1, len(history) + 1), history, marker="o", label=f"seed {seed + i}")
+    if len(histories) > 1:
+        ax.legend()
     ax.set_xlabel("epoch")
     ax.set_ylabel("BCE + soft Dice (training)")
     ax.set_yscale("log")

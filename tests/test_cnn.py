@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from msnl.cnn import PatchCNN
+from msnl.cnn import PatchCNN, PatchEnsemble, as_model, members_of
 from msnl.config import CNNConfig, ConfigError
 from msnl.inference import stitch
 from msnl.metrics import score_lesions
@@ -43,6 +43,31 @@ def test_distance_maps_and_skips_are_wired_as_in_the_paper():
     moved = x.clone()
     moved[:, 2:5] += 1.0
     assert not torch.allclose(model(moved), model(x))  # the distance maps matter
+
+
+def test_an_ensemble_outputs_the_logit_of_its_members_mean_probability():
+    torch.manual_seed(0)
+    a, b = PatchCNN().eval(), PatchCNN().eval()
+    x = torch.rand(2, 5, 6, 6, 3)
+    with torch.no_grad():
+        la, lb, both = a(x), b(x), PatchEnsemble([a, b]).eval()(x)
+    mean = (torch.sigmoid(la) + torch.sigmoid(lb)) / 2
+    torch.testing.assert_close(torch.sigmoid(both), mean, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(both, la) and not torch.allclose(both, lb)
+    # a voxel passes 0.75 only where the members agree enough: 0.9 and 0.5 average to 0.7
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    pair = PatchEnsemble([_Constant(logit(0.9)), _Constant(logit(0.5))])
+    assert float(torch.sigmoid(pair(x)).max()) == pytest.approx(0.7, abs=1e-4)
+    assert as_model([a]) is a and members_of(a) == [a] and members_of(PatchEnsemble([a, b])) == [a, b]
+
+
+class _Constant(PatchCNN):
+    def __init__(self, value: float) -> None:
+        super().__init__(CNNConfig(widths=(1, 1, 1, 1, 1, 1)))
+        self.value = value
+
+    def forward(self, x, valid=None):
+        return torch.full((x.shape[0], 1, *x.shape[2:]), self.value)
 
 
 def test_a_patch_predicts_the_same_alone_or_padded_beside_a_bigger_one():

@@ -3,12 +3,16 @@ are saved with their metadata, fine-tuned with --init, and the shipped ones load
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from msnl.cnn import PatchCNN, PatchEnsemble
 from msnl.config import CNNConfig, StepOneConfig
+from msnl.errors import InputError
 from msnl.inference import default_weights_path, load_weights, segment
 from msnl.scan import LabelMap
 from pipelines.train import train_and_save
@@ -35,8 +39,6 @@ def test_segment_thresholds_at_075_and_tabulates_lesions():
 
 
 def test_an_optional_floor_drops_small_lesions_after_the_threshold():
-    from dataclasses import replace
-
     logits = np.full((20, 20, 10), -np.inf, np.float32)
     logits[2:5, 2:5, 2:4] = 3.0  # 18 voxels, 36 mm³
     logits[15:17, 15:17, 5:6] = 3.0  # 4 voxels, 8 mm³
@@ -56,14 +58,46 @@ def test_no_patch_no_lesion():
 
 def test_weights_carry_seed_data_and_history_and_fine_tune_with_init(tmp_path):
     path = tmp_path / "w.pt"
-    history = train_and_save(_toy_set(), path, TINY, seed=3, progress=False)
+    histories = train_and_save(_toy_set(), path, TINY, seed=3, progress=False)
     model, cfg, meta = load_weights(path)
-    assert cfg == TINY and meta["seed"] == 3 and meta["data"] == ["toy"] and meta["history"] == history
+    assert cfg == TINY and meta["seed"] == 3 and meta["data"] == ["toy"] and meta["histories"] == histories
+    assert isinstance(model, PatchCNN) and len(histories) == 1
     assert (tmp_path / "w.loss.png").stat().st_size > 1000
     tuned = tmp_path / "tuned.pt"
     again = train_and_save(_toy_set(seed=1), tuned, TINY, seed=4, init=path, progress=False)
-    assert again[0] < history[0]  # starting from trained weights, the first epoch is already better
+    assert again[0][0] < histories[0][0]  # starting from trained weights, the first epoch is already better
     assert load_weights(tuned)[2]["init"] == str(path)
+
+
+def test_an_ensemble_trains_member_i_with_seed_plus_i_and_predicts_their_mean(tmp_path):
+    single = train_and_save(_toy_set(), tmp_path / "one.pt", replace(TINY, epochs=2), seed=4, progress=False)
+    pair_cfg = replace(TINY, epochs=2, ensemble_size=2)
+    histories = train_and_save(_toy_set(), tmp_path / "two.pt", pair_cfg, seed=3, progress=False)
+    model, cfg, meta = load_weights(tmp_path / "two.pt")
+    assert cfg.ensemble_size == 2 and meta["seed"] == 3 and len(histories) == 2
+    assert histories[1] == single[0]  # member 1 is the model seed 4 trains alone
+    assert isinstance(model, PatchEnsemble) and len(model.members) == 2
+    one, _, _ = load_weights(tmp_path / "one.pt")
+    x = torch.rand(1, 5, 6, 6, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model.members[1](x), one(x))
+        first = model.members[0](x)
+        expected = (torch.sigmoid(first) + torch.sigmoid(one(x))) / 2
+        torch.testing.assert_close(torch.sigmoid(model(x)), expected, atol=1e-5, rtol=1e-5)
+    tuned = train_and_save(_toy_set(seed=1), tmp_path / "tuned.pt", pair_cfg, seed=5, init=tmp_path / "two.pt", progress=False)
+    assert tuned[0][0] < histories[0][0] and tuned[1][0] < histories[1][0]  # each member from its own
+
+
+def test_weights_from_before_ensembles_load_and_a_member_count_mismatch_is_refused(tmp_path):
+    model = PatchCNN(TINY)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"state_dict": model.state_dict(), "config": TINY.to_dict(), "seed": 1}, legacy)
+    loaded, cfg, meta = load_weights(legacy)
+    assert isinstance(loaded, PatchCNN) and cfg.ensemble_size == 1 and meta == {"config": TINY.to_dict(), "seed": 1}
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"state_dicts": [model.state_dict()], "config": replace(TINY, ensemble_size=2).to_dict()}, wrong)
+    with pytest.raises(InputError, match="1 member state"):
+        load_weights(wrong)
 
 
 def test_shipped_weights_load_offline_and_predict():
