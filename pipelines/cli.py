@@ -91,7 +91,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipelines.train import cnn_config, collect, prepare_pairs, train_and_save
 
-    cfg = cnn_config(args.option, args.epochs)
+    base = None
+    if args.init:  # fine-tuning keeps the weights' own config (FLAIR input, members, widths)
+        from msnl.inference import load_weights
+
+        base = load_weights(args.init)[1]
+    cfg = cnn_config(args.option, args.epochs, base)
     pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), workers=args.workers)
     pairs = [p for p in pairs if p.subject not in set(args.exclude)]
     data = collect(pairs, flair_input=cfg.flair_input)
@@ -197,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", help="training sources (folders)")
     p.add_argument("--out", required=True, help="where to write the weights (.pt)")
     p.add_argument("--work", default="msnl-train-work", help="folder for step-one results (default ./msnl-train-work)")
-    p.add_argument("--init", default=None, metavar="WEIGHTS", help="start from these weights (fine-tuning)")
+    p.add_argument("--init", default=None, metavar="WEIGHTS", help="start from these weights (fine-tuning), with their config (FLAIR input, members, "
+                   "widths); --option still changes a field")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="override the paper's 20 epochs")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

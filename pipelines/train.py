@@ -23,14 +23,14 @@ from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, trai
 log = logging.getLogger(__name__)
 
 
-def cnn_config(options: list[str], epochs: int | None = None):
-    """The default CNNConfig with `KEY=VALUE` overrides (VALUE in JSON: 8, null, [16, 32]; a
-    text field also takes its value bare, as in tp_patches=own_component)."""
+def cnn_config(options: list[str], epochs: int | None = None, base=None):
+    """`base` (default: the default CNNConfig) with `KEY=VALUE` overrides (VALUE in JSON: 8,
+    null, [16, 32]; a text field also takes its value bare, as in tp_patches=own_component)."""
     import json
 
     from msnl.config import CNNConfig, ConfigError
 
-    values = CNNConfig().to_dict()
+    values = (base or CNNConfig()).to_dict()
     for option in options:
         key, sep, raw = option.partition("=")
         if not sep:

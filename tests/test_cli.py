@@ -27,6 +27,34 @@ def test_every_subcommand_explains_itself(capsys):
         assert out.startswith(f"usage: msnl {name}") and len(out.splitlines()) > 4
 
 
+def test_fine_tuning_trains_with_the_init_weights_config(tmp_path, monkeypatch):
+    import torch
+
+    import pipelines.train as train_module
+    from msnl.cnn import PatchCNN
+    from msnl.config import CNNConfig
+    from msnl.training import TrainingSet, save_weights
+
+    init_cfg = CNNConfig(widths=(4, 4, 4, 4, 4, 4), flair_input="intensities", ensemble_size=2, patches_per_epoch=64)
+    init = tmp_path / "init.pt"
+    save_weights(init, [PatchCNN(init_cfg), PatchCNN(init_cfg)], init_cfg, 0, [[1.0], [1.0]], torch.device("cpu"), TrainingSet())
+    seen = {}
+
+    def collect(pairs, *, flair_input, progress=True):
+        seen["flair_input"] = flair_input
+
+    def train_and_save(data, out, cfg, seed, init=None, progress=True):
+        seen["cfg"] = cfg
+        return [[1.0, 0.5]] * cfg.ensemble_size
+
+    monkeypatch.setattr(train_module, "prepare_pairs", lambda *args, **kwargs: [])
+    monkeypatch.setattr(train_module, "collect", collect)
+    monkeypatch.setattr(train_module, "train_and_save", train_and_save)
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "t.pt"), "--init", str(init), "--option", "epochs=2"]) == 0
+    assert seen["flair_input"] == "intensities"  # not the default grey levels
+    assert seen["cfg"] == CNNConfig.from_dict({**init_cfg.to_dict(), "epochs": 2})
+
+
 def test_train_options_are_checked_before_any_work(tmp_path, capsys):
     from pipelines.train import cnn_config
 
