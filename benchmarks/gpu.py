@@ -225,8 +225,8 @@ def train_check(patches: Path, epochs: int, accel: str) -> None:
 
 
 def fit(patches: Path, out: Path, config: str, exclude: list[str], seed: int, accel: str) -> None:
-    """Train as `msnl train` does (every member of an ensemble), on the exported patches less any whose source
-    names contain an `exclude` string, and write its weights file."""
+    """Train as `msnl train` does (every member of an ensemble), on the exported patches less
+    any whose source names contain an `exclude` string, and write the weights file."""
     import json
 
     import torch
