@@ -39,6 +39,9 @@ def load_weights(path: str | Path | None = None, device: torch.device | None = N
         raise InputError("no such weights file. Train one with `msnl train`, or omit it to use the shipped weights.", path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's own message is long, and suggests loading untrusted pickles
+        raise InputError("is not an msnl weights file (not a PyTorch file that loads safely). Use a file `msnl train` wrote.", path) from None
+    try:
         cfg = CNNConfig.from_dict(saved["config"])
         states = saved["state_dicts"] if "state_dicts" in saved else [saved["state_dict"]]
         if len(states) != cfg.ensemble_size:
