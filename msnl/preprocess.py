@@ -118,3 +118,10 @@ def continuous_levels(image: np.ndarray, brain: np.ndarray, edges: np.ndarray) -
     top = len(edges) - 1 + CONTINUOUS_HEADROOM
     values = np.clip(image / width + 0.5, 0.5, top)
     return np.where(brain, values, 0).astype(np.float32)
+
+
+def continuous_flairs(flair1: Scan, flair2: Scan, brain: LabelMap, levels: int, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """Both FLAIRs of a pair in continuous grey-level units, with the level edges step one
+    draws from visit 2 (`grey_level_edges`)."""
+    edges = grey_level_edges(flair2, brain, levels, percentile)
+    return continuous_levels(flair1.data, brain.data, edges), continuous_levels(flair2.data, brain.data, edges)

@@ -33,7 +33,7 @@ import zarr
 from msnl.candidates import PATCH_CHANNELS, with_flair_channels
 from msnl.config import StepOneConfig
 from msnl.errors import MsnlError, QualityControlError, StoreError
-from msnl.preprocess import continuous_levels, grey_level_edges
+from msnl.preprocess import continuous_flairs
 from msnl.scan import LabelMap, Scan
 from msnl.step_one import StageTimer, StepOneResult, correct_visit, run_step_one_corrected, software_versions
 from storage.corrected import read_corrected
@@ -187,9 +187,9 @@ def _continuous_flairs(store: str | Path, subject: str, from_visit: str, to_visi
         raise StoreError(f"{store_path(store) / pair_key(subject, from_visit, to_visit)}: the step-one result has no "
                          "stored FLAIRs (flair1, flair2), which weights trained with flair_input=intensities read. "
                          "Copy the whole pair group, or use weights trained on grey levels.") from None
-    edges = grey_level_edges(Scan(flair2, np.asarray(attrs["affine"])), LabelMap(brain, np.asarray(attrs["affine"])),
+    affine = np.asarray(attrs["affine"])
+    return continuous_flairs(Scan(flair1, affine), Scan(flair2, affine), LabelMap(brain, affine),
                              cfg.grey_levels, cfg.grey_level_percentile)
-    return continuous_levels(flair1, brain, edges), continuous_levels(flair2, brain, edges)
 
 
 def read_pair_array(store: str | Path, subject: str, from_visit: str, to_visit: str, name: str) -> np.ndarray:

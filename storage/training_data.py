@@ -12,8 +12,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from msnl.errors import InputError
 from msnl.candidates import patch_box
+from msnl.errors import InputError
 from msnl.patches import candidate_hits
 from msnl.resample import resample_labels
 from msnl.scan import LabelMap
