@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,8 +17,10 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader
 
-from msnl.cnn import PatchCNN
+from msnl.cnn import PatchCNN, members_of
 from msnl.config import CNNConfig
+from msnl.errors import InputError
+from msnl.inference import load_weights, weights_digest
 from msnl.patches import centre_crop, pad_batch, scale
 from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 
@@ -174,15 +176,55 @@ def save_weights(out: Path, members: list[PatchCNN], cfg: CNNConfig, seed: int, 
     """Write a weights file that `msnl.inference.load_weights` reads: one state dict per member,
     with the config, seed (member i used seed + i), loss histories, device and data in its
     metadata. It is renamed into place once whole, so a crash never leaves half a file."""
+    _write_weights(out, {
+        "state_dicts": [{k: v.cpu() for k, v in m.state_dict().items()} for m in members],
+        "config": cfg.to_dict(), "seed": seed, "histories": histories, "device": str(device),
+        "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
+        "init": None if init is None else str(init),
+    })
+
+
+def _write_weights(out: Path, saved: dict) -> None:
     from msnl import __version__
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
-    torch.save({
-        "state_dicts": [{k: v.cpu() for k, v in m.state_dict().items()} for m in members],
-        "config": cfg.to_dict(), "seed": seed, "histories": histories, "device": str(device),
-        "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
-        "init": None if init is None else str(init), "msnl_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }, partial)
+    torch.save({**saved, "msnl_version": __version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, partial)
     partial.replace(out)
+
+
+# Metadata that every file of one ensemble must share: they trained on the same patches.
+_SHARED = ("data", "patches", "tp_patches", "init")
+
+
+def combine_weights(paths: list[Path], out: Path) -> CNNConfig:
+    """One ensemble file from weights files trained apart (e.g. one member per machine) with the
+    same config, data and consecutive seeds: the same file `ensemble_size=N` with the lowest
+    seed trains in one run. Files are ordered by seed; returns the combined config."""
+    loaded = sorted(((Path(p), *load_weights(p)) for p in paths), key=lambda item: item[3].get("seed", 0))
+    first, _, cfg0, meta0 = loaded[0]
+    states, histories, sources, seed = [], [], [], meta0.get("seed", 0)
+    for path, model, cfg, meta in loaded:
+        if replace(cfg, ensemble_size=1) != replace(cfg0, ensemble_size=1):
+            diff = sorted(k for k, v in cfg.to_dict().items() if k != "ensemble_size" and cfg0.to_dict()[k] != v)
+            raise InputError(f"its config differs from {first.name}'s in {', '.join(diff)}; members of one ensemble "
+                             "must be trained with the same options.", path)
+        mismatch = [k for k in _SHARED if meta.get(k) != meta0.get(k)]
+        if mismatch:
+            raise InputError(f"was trained on other data than {first.name} ({', '.join(mismatch)} differ); members of "
+                             "one ensemble must be trained on the same pairs.", path)
+        if meta.get("seed") != seed:
+            raise InputError(f"has seed {meta.get('seed')}, but the files before it end at seed {seed - 1}: members "
+                             "need consecutive seeds (member i has seed + i), so train the missing seed.", path)
+        members = members_of(model)
+        states += [{k: v.cpu() for k, v in m.state_dict().items()} for m in members]
+        histories += meta.get("histories") or [meta.get("history", [])]
+        sources.append({"file": path.name, "sha256": weights_digest(path), "seed": seed, "members": len(members),
+                        "created": meta.get("created")})
+        seed += len(members)
+    cfg = replace(cfg0, ensemble_size=len(states))
+    devices = sorted({str(m.get("device")) for _, _, _, m in loaded})
+    _write_weights(out, {"state_dicts": states, "config": cfg.to_dict(), "seed": meta0.get("seed", 0), "histories": histories,
+                         "device": ",".join(devices), **{k: meta0.get(k) for k in _SHARED}, "combined_from": sources})
+    return cfg

@@ -107,6 +107,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_combine(args: argparse.Namespace) -> int:
+    from msnl.training import combine_weights
+
+    cfg = combine_weights([Path(w) for w in args.weights], Path(args.out))
+    print(f"combine-weights: {cfg.ensemble_size} members written to {args.out}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_cohort
     from storage.results import open_results
@@ -211,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="*", default=[], metavar="SUBJECT", help="leave these subjects out (e.g. patient01)")
     p.add_argument("--workers", type=int, default=None, help="step-one worker processes (default: one per core)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "combine-weights",
+        help="join weights trained apart (one seed each) into one ensemble file",
+        description="Join weights files of one ensemble trained on separate machines: same options and pairs, "
+        "consecutive seeds (msnl train --seed 0, --seed 1, ...). The result is the file that "
+        "`msnl train --seed 0 --option ensemble_size=N` writes in one run; inference averages the members' "
+        "probabilities before the threshold.",
+    )
+    p.add_argument("weights", nargs="+", help="weights files (.pt), in any order")
+    p.add_argument("--out", required=True, help="where to write the ensemble (.pt)")
+    p.set_defaults(func=_cmd_combine)
 
     p = sub.add_parser(
         "evaluate",

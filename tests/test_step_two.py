@@ -88,6 +88,35 @@ def test_an_ensemble_trains_member_i_with_seed_plus_i_and_predicts_their_mean(tm
     assert tuned[0][0] < histories[0][0] and tuned[1][0] < histories[1][0]  # each member from its own
 
 
+def test_members_trained_apart_combine_into_the_file_one_run_writes(tmp_path, capsys):
+    from msnl.training import combine_weights
+    from pipelines.cli import main
+
+    cfg = replace(TINY, epochs=2)
+    one_run = train_and_save(_toy_set(), tmp_path / "one-run.pt", replace(cfg, ensemble_size=2), seed=3, progress=False)
+    for seed in (3, 4):
+        train_and_save(_toy_set(), tmp_path / f"seed{seed}.pt", cfg, seed=seed, progress=False)
+    assert main(["combine-weights", str(tmp_path / "seed4.pt"), str(tmp_path / "seed3.pt"), "--out", str(tmp_path / "joined.pt")]) == 0
+    assert "2 members written" in capsys.readouterr().out
+    joined, joined_cfg, meta = load_weights(tmp_path / "joined.pt")
+    expected, expected_cfg, expected_meta = load_weights(tmp_path / "one-run.pt")
+    assert joined_cfg == expected_cfg and meta["seed"] == 3 and meta["histories"] == one_run
+    assert all(meta[k] == expected_meta[k] for k in ("data", "patches", "tp_patches", "init"))
+    assert [s["seed"] for s in meta["combined_from"]] == [3, 4]
+    for got, want in zip(joined.members, expected.members):
+        for (name, a), b in zip(got.state_dict().items(), want.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(InputError, match="consecutive seeds"):
+        combine_weights([tmp_path / "seed3.pt", tmp_path / "one-run.pt"], tmp_path / "bad.pt")  # seed 3 twice
+    train_and_save(_toy_set(), tmp_path / "other-config.pt", replace(cfg, epochs=1), seed=4, progress=False)
+    with pytest.raises(InputError, match="differs .* in epochs"):
+        combine_weights([tmp_path / "seed3.pt", tmp_path / "other-config.pt"], tmp_path / "bad.pt")
+    train_and_save(_toy_set(n=40), tmp_path / "other-data.pt", cfg, seed=4, progress=False)
+    with pytest.raises(InputError, match="other data"):
+        combine_weights([tmp_path / "seed3.pt", tmp_path / "other-data.pt"], tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_weights_from_before_ensembles_load_and_a_member_count_mismatch_is_refused(tmp_path):
     model = PatchCNN(TINY)
     legacy = tmp_path / "legacy.pt"
