@@ -108,10 +108,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_combine(args: argparse.Namespace) -> int:
+    from msnl.inference import load_weights
     from msnl.training import combine_weights
+    from pipelines.train import loss_curve
 
-    cfg = combine_weights([Path(w) for w in args.weights], Path(args.out))
-    print(f"combine-weights: {cfg.ensemble_size} members written to {args.out}")
+    out = Path(args.out)
+    cfg = combine_weights([Path(w) for w in args.weights], out)
+    meta = load_weights(out)[2]
+    loss_curve(meta["histories"], meta["seed"], out.with_suffix(".loss.png"))
+    print(f"combine-weights: {cfg.ensemble_size} members written to {out}; loss curve {out.with_suffix('.loss.png')}")
     return 0
 
 

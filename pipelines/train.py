@@ -128,11 +128,12 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
     members, histories = train_members(data, cfg, seed, init_states, on_batch, device)
     bar.close()
     save_weights(out, members, cfg, seed, histories, device, data, init)
-    _loss_curve(histories, seed, out.with_suffix(".loss.png"))
+    loss_curve(histories, seed, out.with_suffix(".loss.png"))
     return histories
 
 
-def _loss_curve(histories: list[list[float]], seed: int, path: Path) -> None:
+def loss_curve(histories: list[list[float]], seed: int, path: Path) -> None:
+    """The training loss per epoch, one line per member (member i has seed + i)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -97,7 +97,7 @@ def test_members_trained_apart_combine_into_the_file_one_run_writes(tmp_path, ca
     for seed in (3, 4):
         train_and_save(_toy_set(), tmp_path / f"seed{seed}.pt", cfg, seed=seed, progress=False)
     assert main(["combine-weights", str(tmp_path / "seed4.pt"), str(tmp_path / "seed3.pt"), "--out", str(tmp_path / "joined.pt")]) == 0
-    assert "2 members written" in capsys.readouterr().out
+    assert "2 members written" in capsys.readouterr().out and (tmp_path / "joined.loss.png").stat().st_size > 1000
     joined, joined_cfg, meta = load_weights(tmp_path / "joined.pt")
     expected, expected_cfg, expected_meta = load_weights(tmp_path / "one-run.pt")
     assert joined_cfg == expected_cfg and meta["seed"] == 3 and meta["histories"] == one_run
