@@ -202,9 +202,13 @@ def combine_weights(paths: list[Path], out: Path) -> CNNConfig:
     """One ensemble file from weights files trained apart (e.g. one member per machine) with the
     same config, data and consecutive seeds: the same file `ensemble_size=N` with the lowest
     seed trains in one run. Files are ordered by seed; returns the combined config."""
-    loaded = sorted(((Path(p), *load_weights(p)) for p in paths), key=lambda item: item[3].get("seed", 0))
+    loaded = [(Path(p), *load_weights(p)) for p in paths]
+    for path, _, _, meta in loaded:
+        if not isinstance(meta.get("seed"), int):
+            raise InputError("has no seed in its metadata, so its place in the ensemble is unknown. Use files `msnl train` wrote.", path)
+    loaded.sort(key=lambda item: item[3]["seed"])
     first, _, cfg0, meta0 = loaded[0]
-    states, histories, sources, seed = [], [], [], meta0.get("seed", 0)
+    states, histories, sources, seed = [], [], [], meta0["seed"]
     for path, model, cfg, meta in loaded:
         if replace(cfg, ensemble_size=1) != replace(cfg0, ensemble_size=1):
             diff = sorted(k for k, v in cfg.to_dict().items() if k != "ensemble_size" and cfg0.to_dict()[k] != v)
@@ -219,12 +223,12 @@ def combine_weights(paths: list[Path], out: Path) -> CNNConfig:
                              "need consecutive seeds (member i has seed + i), so train the missing seed.", path)
         members = members_of(model)
         states += [{k: v.cpu() for k, v in m.state_dict().items()} for m in members]
-        histories += meta.get("histories") or [meta.get("history", [])]
+        histories += meta.get("histories") or [meta.get("history", [])] * len(members)
         sources.append({"file": path.name, "sha256": weights_digest(path), "seed": seed, "members": len(members),
                         "created": meta.get("created")})
         seed += len(members)
     cfg = replace(cfg0, ensemble_size=len(states))
     devices = sorted({str(m.get("device")) for _, _, _, m in loaded})
-    _write_weights(out, {"state_dicts": states, "config": cfg.to_dict(), "seed": meta0.get("seed", 0), "histories": histories,
+    _write_weights(out, {"state_dicts": states, "config": cfg.to_dict(), "seed": meta0["seed"], "histories": histories,
                          "device": ",".join(devices), **{k: meta0.get(k) for k in _SHARED}, "combined_from": sources})
     return cfg

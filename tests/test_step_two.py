@@ -114,6 +114,9 @@ def test_members_trained_apart_combine_into_the_file_one_run_writes(tmp_path, ca
     train_and_save(_toy_set(n=40), tmp_path / "other-data.pt", cfg, seed=4, progress=False)
     with pytest.raises(InputError, match="other data"):
         combine_weights([tmp_path / "seed3.pt", tmp_path / "other-data.pt"], tmp_path / "bad.pt")
+    torch.save({"state_dict": PatchCNN(cfg).state_dict(), "config": cfg.to_dict()}, tmp_path / "no-seed.pt")
+    with pytest.raises(InputError, match="no seed"):
+        combine_weights([tmp_path / "seed3.pt", tmp_path / "no-seed.pt"], tmp_path / "bad.pt")
     assert not (tmp_path / "bad.pt").exists()
 
 
