@@ -169,7 +169,10 @@ def test_a_killed_client_then_a_rerun_completes_with_nothing_lost_or_duplicated(
     client_proc.send_signal(signal.SIGKILL)
     client_proc.wait()
     summary = run_cohort(source, store, scheduler=cluster, progress=False)
-    assert summary.done + summary.skipped == 3
+    # a and b end done, now or before the kill (then skipped); nobrain fails alone, its failure
+    # either stored before the kill (then also counted as skipped) or met again now: timing decides.
+    assert summary.intervals == 3 and summary.done <= 2 and summary.done + summary.skipped in (2, 3)
+    assert [f[2] for f in summary.failed if f[0] == "nobrain"] == ["implausible_brain_mask"]
     _same_results(store, reference)
     assert sorted(str(p.parent.relative_to(store)) for p in store.glob("predictions/*/*/*/zarr.json")) == sorted(
         f"predictions/{s}/{a}/{b}" for s, a, b in GOOD)
