@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cnn import FLOOR_MM3, REAL, _grid, _on_truth_grid, _row  # noqa: E402  (benchmarks/cnn.py)
-from msnl.candidates import PATCH_CHANNELS  # noqa: E402
 from msnl.cnn import as_model, members_of  # noqa: E402
 from msnl.config import StepOneConfig  # noqa: E402
-from msnl.inference import boxes_of, load_weights, predict_patches, segment, stitch  # noqa: E402
+from msnl.inference import load_weights, segment  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
+from msnl.step_two import stitched_logits  # noqa: E402
 from pipelines.evaluate import summarise  # noqa: E402
 from pipelines.train import prepare_pairs  # noqa: E402
 from storage.pairs import read_candidates  # noqa: E402
@@ -50,14 +50,12 @@ def main() -> None:
     if any(c.flair_input != cfg.flair_input for _, c, _ in loaded):
         parser.error("the weights files read different FLAIR inputs; they cannot be one ensemble")
     model = as_model([m for net, _, _ in loaded for m in members_of(net)]).eval()
-    dmz_channel, infra_mm = PATCH_CHANNELS.index("dmz"), StepOneConfig().infratentorial_dmz_mm
+    infra_mm = StepOneConfig().infratentorial_dmz_mm
     stitched = []
     for pair in pairs:
         table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit, flair_input=cfg.flair_input)
-        grid, boxes = _grid(pair), boxes_of(table)
-        logits = predict_patches(model, patches, cfg) if patches else []
-        stitched.append((pair, grid, stitch(logits, boxes, grid.shape, grid.spacing),
-                         stitch([p[dmz_channel] for p in patches], boxes, grid.shape, grid.spacing, fill=0.0)))
+        grid = _grid(pair)
+        stitched.append((pair, grid, *stitched_logits(table, patches, grid, model, cfg)))
 
     def scores(threshold: float, floor: float) -> dict:
         c = replace(cfg, threshold=threshold, min_lesion_mm3=floor)
