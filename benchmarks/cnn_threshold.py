@@ -1,12 +1,13 @@
 """Step two's lesion scores against the threshold, for weights that already exist.
 
     .venv/bin/python benchmarks/cnn_threshold.py --data /path/to/train-data --on heldout \
-        [--weights A.pt [B.pt ...]] [--plot docs/cnn_threshold.png]
+        [--weights A.pt [B.pt ...]] [--option test_time_flip_axes=[0,1]] [--plot docs/cnn_threshold.png]
 
 Scores the held-out simulated cohort (--on heldout) or one real Lesjak patient (--on
 patient01) at thresholds from 0.5 to 0.95, and at 0.75 with the 7 mm³ floor. The members of
 every --weights file are averaged as one ensemble (none: the shipped weights), so members
-trained apart can be scored together before `msnl combine-weights` joins them. The network
+trained apart can be scored together before `msnl combine-weights` joins them. --option
+overrides an inference field of the weights' config (test_time_flip_axes=[0,1]). The network
 runs once per pair; only the threshold changes. A diagnosis, not a way to pick the threshold:
 0.75 is the paper's, and the held-out cohort is not a validation split.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,10 +30,11 @@ from msnl.inference import load_weights, segment  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
 from msnl.step_two import stitched_logits  # noqa: E402
 from pipelines.evaluate import summarise  # noqa: E402
-from pipelines.train import prepare_pairs  # noqa: E402
+from pipelines.train import cnn_config, prepare_pairs  # noqa: E402
 from storage.pairs import read_candidates  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+INFERENCE_FIELDS = ("test_time_flip_axes", "inference_batch_size")
 
 
 def main() -> None:
@@ -39,6 +42,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--on", required=True, help="heldout, or a Lesjak subject (patient01, patient12)")
     parser.add_argument("--weights", type=Path, nargs="*", default=[])
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override an inference field of the weights' config: {', '.join(INFERENCE_FIELDS)}")
     parser.add_argument("--plot", type=Path, default=None, help="save sensitivity, PPV and F1 against the threshold")
     args = parser.parse_args()
     source = args.data / "sim-heldout" if args.on == "heldout" else REAL
@@ -46,23 +51,28 @@ def main() -> None:
     if not pairs:
         parser.error(f"no step-one results for {args.on!r} under {args.data / 'work'}")
     loaded = [load_weights(w) for w in args.weights] or [load_weights()]
-    cfg = loaded[0][1]
-    if any(c.flair_input != cfg.flair_input for _, c, _ in loaded):
+    if any(c.flair_input != loaded[0][1].flair_input for _, c, _ in loaded):
         parser.error("the weights files read different FLAIR inputs; they cannot be one ensemble")
+    if bad := [o for o in args.option if o.partition("=")[0].strip() not in INFERENCE_FIELDS]:
+        parser.error(f"--option {bad[0]!r}: only inference fields can change here ({', '.join(INFERENCE_FIELDS)})")
+    cfg = cnn_config(args.option, base=loaded[0][1])
     model = as_model([m for net, _, _ in loaded for m in members_of(net)]).eval()
     infra_mm = StepOneConfig().infratentorial_dmz_mm
-    stitched = []
+    stitched, seconds = [], 0.0
     for pair in pairs:
         table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit, flair_input=cfg.flair_input)
         grid = _grid(pair)
+        start = time.perf_counter()
         stitched.append((pair, grid, *stitched_logits(table, patches, grid, model, cfg)))
+        seconds += time.perf_counter() - start
 
     def scores(threshold: float, floor: float) -> dict:
         c = replace(cfg, threshold=threshold, min_lesion_mm3=floor)
         return summarise([_row(score_lesions(*_on_truth_grid(segment(v, z, g, c, infra_mm).mask, p))) for p, g, v, z in stitched])
 
     print(f"{args.on}: {len(pairs)} pair(s), {len(members_of(model))} member(s) from "
-          f"{', '.join(str(w) for w in args.weights) or 'the shipped weights'}")
+          f"{', '.join(str(w) for w in args.weights) or 'the shipped weights'}; test-time flips along "
+          f"{list(cfg.test_time_flip_axes) or 'no axis'}; network and stitching {seconds / len(pairs):.1f} s per pair")
     print(f"{'threshold':>9} {'floor':>6} {'F1':>6} {'sens':>6} {'PPV':>6} {'Dice':>6} {'FP/free':>8}")
     rows = []
     for threshold, floor in [(t, 0.0) for t in THRESHOLDS] + [(cfg.threshold, FLOOR_MM3)]:

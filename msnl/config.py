@@ -123,6 +123,10 @@ class CNNConfig(_Serialisable):
     extra_infratentorial_tp: float = 0.33
     # Paper §2.1: torchio RandomNoise and RandomBiasField, "each, a 30% probability".
     augment_probability: float = 0.30
+    # Voxel axes of a patch (its grid's; 0 and 1 are in-plane for the scans we have met) that
+    # training flips at random, each with probability 0.5, patch and truth alike (ours; torchio
+    # RandomFlip; the paper augments with noise and bias field only). () keeps the paper's.
+    augment_flip_axes: tuple[int, ...] = ()
     # Paper §2.4: sigmoid, then "binarized the final image with threshold of 0.75".
     threshold: float = 0.75
     # Smallest new lesion kept after the threshold, in mm³ (ours; the paper keeps every
@@ -153,6 +157,10 @@ class CNNConfig(_Serialisable):
     # averages their probabilities before the threshold (msnl.cnn.PatchEnsemble), which keeps
     # a voxel only where the members agree. Figures for 1 and 2: docs/benchmarks.md.
     ensemble_size: int = 1
+    # Voxel axes whose flips inference adds (ours; the paper predicts once): every combination
+    # of them is predicted, flipped back, and the probabilities averaged before the threshold, as
+    # for ensemble members. (0, 1) makes four forward passes per patch. () predicts once.
+    test_time_flip_axes: tuple[int, ...] = ()
     inference_batch_size: int = 64
     # Ours: intervals per CNN task in `msnl run`. Enough to keep a GPU busy between model loads,
     # few enough that the first results show early.
@@ -173,6 +181,10 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"flair_input must be 'grey_levels' or 'intensities', got {self.flair_input!r}")
         if self.inference_batch_size < 1 or self.intervals_per_task < 1 or self.ensemble_size < 1:
             raise ConfigError("inference_batch_size, intervals_per_task and ensemble_size must be at least 1")
+        for name in ("augment_flip_axes", "test_time_flip_axes"):
+            axes = getattr(self, name)
+            if len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
+                raise ConfigError(f"{name} must list distinct voxel axes among 0, 1, 2, got {axes}")
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

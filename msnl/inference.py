@@ -6,6 +6,7 @@ Arrays in (patches, bounding boxes, visit 2's grid), a new-lesion mask and a les
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,23 @@ def predict_patches(model: nn.Module, patches: list[np.ndarray], cfg: CNNConfig,
             stop += 1
         chunk = [int(i) for i in order[start:stop]]
         x, _, valid = pad_batch([torch.from_numpy(scale(patches[i], cfg)) for i in chunk])
-        logits = model(x.to(device), valid.to(device)).float().cpu().numpy()
+        logits = flip_averaged(model, x.to(device), valid.to(device), cfg.test_time_flip_axes).float().cpu().numpy()
         for j, i in enumerate(chunk):
             sx, sy, sz = patches[i].shape[1:]
             out[i] = logits[j, 0, :sx, :sy, :sz]
         start = stop
     return out  # type: ignore[return-value]
+
+
+def flip_averaged(model: nn.Module, x: torch.Tensor, valid: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """The model's logits on a (N, C, X, Y, Z) batch; with `axes` (CNNConfig.test_time_flip_axes),
+    the logit of the mean probability over every combination of flips along those patch axes,
+    each prediction flipped back first. No axes: the model's own logits, untouched."""
+    if not axes:
+        return model(x, valid)
+    views = [tuple(2 + a for a in combo) for r in range(len(axes) + 1) for combo in combinations(axes, r)]
+    prob = torch.stack([torch.sigmoid(model(x.flip(d), valid.flip(d))).flip(d) for d in views]).mean(dim=0)
+    return torch.logit(prob, eps=1e-6)
 
 
 def stitch(values: list[np.ndarray], boxes: list[tuple[tuple[int, int, int], tuple[int, int, int]]],

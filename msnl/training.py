@@ -74,9 +74,12 @@ def _subjects(data: TrainingSet, cfg: CNNConfig) -> list[tio.Subject]:
 
 def augmentation(cfg: CNNConfig) -> tio.Transform:
     """Paper §2.1: torchio's random noise and random bias field, each with probability 0.3,
-    on the two FLAIR channels only (distance maps are geometry, not signal)."""
+    on the two FLAIR channels only (distance maps are geometry, not signal). With
+    `augment_flip_axes` (ours), random flips of every channel and the truth come first."""
     p = cfg.augment_probability
-    return tio.Compose([tio.RandomNoise(p=p, include=["flairs"]), tio.RandomBiasField(p=p, include=["flairs"])])
+    signal = [tio.RandomNoise(p=p, include=["flairs"]), tio.RandomBiasField(p=p, include=["flairs"])]
+    flips = [tio.RandomFlip(axes=cfg.augment_flip_axes, flip_probability=0.5)] if cfg.augment_flip_axes else []
+    return tio.Compose(flips + signal)
 
 
 def _collate(subjects: list[tio.Subject]):

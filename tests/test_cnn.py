@@ -10,12 +10,12 @@ import torch
 
 from msnl.cnn import PatchCNN, PatchEnsemble, as_model, members_of
 from msnl.config import CNNConfig, ConfigError
-from msnl.inference import stitch
+from msnl.inference import predict_patches, stitch
 from msnl.metrics import score_lesions
 from msnl.patches import candidate_hits
 from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 from msnl.scan import LabelMap
-from msnl.training import TrainingSet, masked_bce, masked_soft_dice, train
+from msnl.training import TrainingSet, augmentation, masked_bce, masked_soft_dice, train
 
 
 @pytest.mark.parametrize("shape", [(7, 9, 3), (20, 14, 6), (5, 5, 5)])
@@ -90,6 +90,55 @@ def test_a_patch_predicts_the_same_alone_or_padded_beside_a_bigger_one():
 def test_bad_widths_are_refused():
     with pytest.raises(ConfigError):
         CNNConfig(widths=(4, 4, 4))
+
+
+class _Ramp(PatchCNN):
+    """A logit that rises along the patch's first axis wherever channel 0 is set: not flip-equivariant."""
+
+    def __init__(self) -> None:
+        super().__init__(CNNConfig(widths=(1, 1, 1, 1, 1, 1)))
+
+    def forward(self, x, valid=None):
+        ramp = torch.arange(x.shape[2], dtype=x.dtype).reshape(1, 1, -1, 1, 1)
+        return x[:, :1] * ramp - 2.0
+
+
+def test_test_time_flips_average_the_probabilities_of_every_flip_undone():
+    patch = np.zeros((5, 4, 3, 2), np.float32)
+    patch[0] = 1.0
+    scaled = CNNConfig(input_scale=(1.0,) * 5)
+    once = predict_patches(_Ramp(), [patch], scaled)[0]
+    np.testing.assert_allclose(once, np.broadcast_to(np.arange(4.0)[:, None, None] - 2.0, (4, 3, 2)))
+    for axes, views in (((0,), 2), ((0, 1), 4)):
+        flipped = predict_patches(_Ramp(), [patch], replace(scaled, test_time_flip_axes=axes))[0]
+        # Flipped along axis 0 and back, the ramp runs the other way; along axis 1 it is unchanged.
+        forward, back = 1 / (1 + np.exp(-once)), 1 / (1 + np.exp(-once[::-1]))
+        mean = (forward + back) / 2 if views == 2 else (2 * forward + 2 * back) / 4
+        np.testing.assert_allclose(1 / (1 + np.exp(-flipped)), mean, atol=1e-5)
+    assert np.allclose(flipped[0], flipped[-1]) and not np.allclose(once[0], once[-1])
+    with pytest.raises(ConfigError, match="test_time_flip_axes"):
+        CNNConfig(test_time_flip_axes=(0, 0))
+    with pytest.raises(ConfigError, match="augment_flip_axes"):
+        CNNConfig(augment_flip_axes=(3,))
+
+
+def test_training_flips_move_patch_maps_and_truth_together():
+    import torchio as tio
+
+    values = torch.arange(24.0).reshape(1, 4, 3, 2)
+    subject = tio.Subject(flairs=tio.ScalarImage(tensor=values.repeat(2, 1, 1, 1)), maps=tio.ScalarImage(tensor=values.repeat(3, 1, 1, 1)),
+                          truth=tio.LabelMap(tensor=values.long()))
+    transform = augmentation(CNNConfig(augment_flip_axes=(0, 1), augment_probability=0.0))
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(64):
+        out = transform(subject)
+        flairs = out["flairs"].data
+        assert torch.equal(out["maps"].data[0], flairs[0]) and torch.equal(out["truth"].data[0].float(), flairs[0])
+        assert torch.all(flairs[0][..., 1] - flairs[0][..., 0] == 1)  # axis 2 is never flipped
+        seen.add(tuple(int(flairs[0][i, j, 0]) for i, j in ((0, 0), (3, 2))))
+    assert seen == {(0, 22), (18, 4), (4, 18), (22, 0)}  # unflipped, axis 0, axis 1, both: each drawn
+    assert augmentation(CNNConfig()).transforms[0].__class__.__name__ == "RandomNoise"  # the paper's: no flips
 
 
 def test_sampling_proportions_over_many_epochs():
