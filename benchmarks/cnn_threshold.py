@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from cnn import FLOOR_MM3, REAL, _grid, _on_truth_grid, _row  # noqa: E402  (benchmarks/cnn.py)
 from msnl.cnn import as_model, members_of  # noqa: E402
-from msnl.config import StepOneConfig  # noqa: E402
+from msnl.config import INFERENCE_FIELDS, StepOneConfig  # noqa: E402
 from msnl.inference import load_weights, segment  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
 from msnl.step_two import stitched_logits  # noqa: E402
@@ -34,7 +34,6 @@ from pipelines.train import cnn_config, prepare_pairs  # noqa: E402
 from storage.pairs import read_candidates  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-INFERENCE_FIELDS = ("test_time_flip_axes", "inference_batch_size")
 
 
 def main() -> None:

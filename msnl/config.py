@@ -189,3 +189,7 @@ class CNNConfig(_Serialisable):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
+
+# The CNNConfig fields that only inference reads: a weights file's values can change without
+# retraining (`msnl combine-weights --option`), and its digest changes with them.
+INFERENCE_FIELDS = ("threshold", "min_lesion_mm3", "test_time_flip_axes", "inference_batch_size")

@@ -10,7 +10,7 @@ import datetime
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torchio as tio
 from torch.utils.data import DataLoader
 
 from msnl.cnn import PatchCNN, members_of
-from msnl.config import CNNConfig
+from msnl.config import INFERENCE_FIELDS, CNNConfig, ConfigError
 from msnl.errors import InputError
 from msnl.inference import load_weights, weights_digest
 from msnl.patches import centre_crop, pad_batch, scale
@@ -201,10 +201,17 @@ def _write_weights(out: Path, saved: dict) -> None:
 _SHARED = ("data", "patches", "tp_patches", "init")
 
 
-def combine_weights(paths: list[Path], out: Path) -> CNNConfig:
+def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | None = None) -> CNNConfig:
     """One ensemble file from weights files trained apart (e.g. one member per machine) with the
     same config, data and consecutive seeds: the same file `ensemble_size=N` with the lowest
-    seed trains in one run. Files are ordered by seed; returns the combined config."""
+    seed trains in one run. Files are ordered by seed; returns the combined config.
+
+    `inference` sets fields that only inference reads (`INFERENCE_FIELDS`, e.g. the threshold or
+    test-time flips) in the written file; one file alone is then rewritten with them."""
+    inference = {k: tuple(v) if isinstance(v, list) else v for k, v in (inference or {}).items()}
+    if unknown := sorted(set(inference) - set(INFERENCE_FIELDS)):
+        raise ConfigError(f"{', '.join(unknown)}: only inference fields can change without retraining "
+                          f"({', '.join(INFERENCE_FIELDS)}); train again for the others.")
     loaded = [(Path(p), *load_weights(p)) for p in paths]
     for path, _, _, meta in loaded:
         if not isinstance(meta.get("seed"), int):
@@ -230,7 +237,7 @@ def combine_weights(paths: list[Path], out: Path) -> CNNConfig:
         sources.append({"file": path.name, "sha256": weights_digest(path), "seed": seed, "members": len(members),
                         "created": meta.get("created")})
         seed += len(members)
-    cfg = replace(cfg0, ensemble_size=len(states))
+    cfg = replace(cfg0, ensemble_size=len(states), **inference)
     devices = sorted({str(m.get("device")) for _, _, _, m in loaded})
     _write_weights(out, {"state_dicts": states, "config": cfg.to_dict(), "seed": meta0["seed"], "histories": histories,
                          "device": ",".join(devices), **{k: meta0.get(k) for k in _SHARED}, "combined_from": sources})

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from msnl import __version__
+from msnl.config import INFERENCE_FIELDS
 from msnl.errors import MsnlError
 
 log = logging.getLogger("msnl")
@@ -112,8 +113,12 @@ def _cmd_combine(args: argparse.Namespace) -> int:
     from msnl.training import combine_weights
     from pipelines.train import loss_curve
 
+    from pipelines.train import cnn_config
+
+    parsed = cnn_config(args.option)
     out = Path(args.out)
-    cfg = combine_weights([Path(w) for w in args.weights], out)
+    cfg = combine_weights([Path(w) for w in args.weights], out,
+                          {key: getattr(parsed, key) for key in (o.partition("=")[0].strip() for o in args.option)})
     meta = load_weights(out)[2]
     loss_curve(meta["histories"], meta["seed"], out.with_suffix(".loss.png"))
     print(f"combine-weights: {cfg.ensemble_size} members written to {out}; loss curve {out.with_suffix('.loss.png')}")
@@ -227,14 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "combine-weights",
-        help="join weights trained apart (one seed each) into one ensemble file",
+        help="join weights trained apart (one seed each) into one ensemble file, or set inference fields",
         description="Join weights files of one ensemble trained on separate machines: same options and pairs, "
         "consecutive seeds (msnl train --seed 0, --seed 1, ...). The result is the file that "
         "`msnl train --seed 0 --option ensemble_size=N` writes in one run; inference averages the members' "
-        "probabilities before the threshold.",
+        "probabilities before the threshold. --option sets fields that only inference reads, so one file "
+        "alone can be rewritten with another threshold or with test-time flips.",
     )
     p.add_argument("weights", nargs="+", help="weights files (.pt), in any order")
     p.add_argument("--out", required=True, help="where to write the ensemble (.pt)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"set an inference field in the written file, e.g. --option test_time_flip_axes=[0,1]; "
+                   f"one weights file alone is then rewritten with it ({', '.join(INFERENCE_FIELDS)})")
     p.set_defaults(func=_cmd_combine)
 
     p = sub.add_parser(

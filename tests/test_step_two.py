@@ -120,6 +120,28 @@ def test_members_trained_apart_combine_into_the_file_one_run_writes(tmp_path, ca
     assert not (tmp_path / "bad.pt").exists()
 
 
+def test_inference_fields_change_in_a_weights_file_without_retraining(tmp_path, capsys):
+    from msnl.config import ConfigError
+    from msnl.inference import predict_patches, weights_digest
+    from msnl.training import combine_weights
+    from pipelines.cli import main
+
+    train_and_save(_toy_set(), tmp_path / "seed0.pt", replace(TINY, epochs=1), seed=0, progress=False)
+    assert main(["combine-weights", str(tmp_path / "seed0.pt"), "--out", str(tmp_path / "tta.pt"),
+                 "--option", "test_time_flip_axes=[0, 1]", "--option", "threshold=0.8"]) == 0
+    (model, cfg, _), (same, flips, meta) = load_weights(tmp_path / "seed0.pt"), load_weights(tmp_path / "tta.pt")
+    assert flips == replace(cfg, test_time_flip_axes=(0, 1), threshold=0.8) and meta["seed"] == 0
+    assert weights_digest(tmp_path / "tta.pt") != weights_digest(tmp_path / "seed0.pt")  # `msnl run` predicts again
+    patch = _toy_set().patches[0]
+    once, averaged = predict_patches(model.eval(), [patch], cfg)[0], predict_patches(same.eval(), [patch], flips)[0]
+    assert not np.allclose(once, averaged) and np.allclose(once, predict_patches(same.eval(), [patch], cfg)[0])
+    with pytest.raises(ConfigError, match="widths: only inference fields"):
+        combine_weights([tmp_path / "seed0.pt"], tmp_path / "bad.pt", {"widths": (8,) * 6})
+    assert main(["combine-weights", str(tmp_path / "seed0.pt"), "--out", str(tmp_path / "bad.pt"),
+                 "--option", "test_time_flip_axes=[0, 0]"]) == 2
+    assert "test_time_flip_axes" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+
+
 def test_weights_from_before_ensembles_load_and_a_member_count_mismatch_is_refused(tmp_path):
     model = PatchCNN(TINY)
     legacy = tmp_path / "legacy.pt"
