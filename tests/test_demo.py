@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -31,10 +30,8 @@ def test_demo_runs_prints_endpoints_and_the_dashboard_command_then_reruns_as_a_n
     assert results.sizes == {"subject": 6, "interval": 2} and (results.status == "ok").all()
     assert set(results.arm.values) == {"placebo", "active"} and (results.interval_days > 300).all()
 
-    started = time.perf_counter()
-    assert main(["demo", str(root)]) == 0
+    assert main(["demo", str(root)]) == 0  # a no-op: nothing is recomputed
     assert "12 intervals: 0 processed, 12 already done" in capsys.readouterr().out
-    assert time.perf_counter() - started < 60  # a no-op: nothing is recomputed
 
     monkeypatch.setenv("MSNL_STORE", str(root / "store.zarr"))
     for page in ("overview", "endpoints", "patient"):
