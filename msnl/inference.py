@@ -6,8 +6,8 @@ Arrays in (patches, bounding boxes, visit 2's grid), a new-lesion mask and a les
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import combinations
 from importlib import resources
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 

@@ -116,12 +116,13 @@ def _cmd_combine(args: argparse.Namespace) -> int:
     from pipelines.train import cnn_config
 
     parsed = cnn_config(args.option)
+    inference = {key: getattr(parsed, key) for key in (o.partition("=")[0].strip() for o in args.option)}
     out = Path(args.out)
-    cfg = combine_weights([Path(w) for w in args.weights], out,
-                          {key: getattr(parsed, key) for key in (o.partition("=")[0].strip() for o in args.option)})
+    cfg = combine_weights([Path(w) for w in args.weights], out, inference)
     meta = load_weights(out)[2]
     loss_curve(meta["histories"], meta["seed"], out.with_suffix(".loss.png"))
-    print(f"combine-weights: {cfg.ensemble_size} members written to {out}; loss curve {out.with_suffix('.loss.png')}")
+    settings = "".join(f", {key}={getattr(cfg, key)}" for key in inference)
+    print(f"combine-weights: {cfg.ensemble_size} member{'s' if cfg.ensemble_size != 1 else ''} written to {out}{settings}; loss curve {out.with_suffix('.loss.png')}")
     return 0
 
 
