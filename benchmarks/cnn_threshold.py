@@ -1,7 +1,7 @@
 """Step two's lesion scores against the threshold, for weights that already exist.
 
     .venv/bin/python benchmarks/cnn_threshold.py --data /path/to/train-data --on heldout \
-        [--weights A.pt [B.pt ...]] [--option test_time_flip_axes=[0,1]] [--plot docs/cnn_threshold.png]
+        [--weights A.pt [B.pt ...]] [--option 'test_time_flip_axes=[0,1]'] [--plot docs/cnn_threshold.png]
 
 Scores the held-out simulated cohort (--on heldout) or one real Lesjak patient (--on
 patient01) at thresholds from 0.5 to 0.95, and at 0.75 with the 7 mm³ floor. The members of

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", nargs="+", help="weights files (.pt), in any order")
     p.add_argument("--out", required=True, help="where to write the ensemble (.pt)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"set an inference field in the written file, e.g. --option test_time_flip_axes=[0,1]; "
+                   help=f"set an inference field in the written file, e.g. --option 'test_time_flip_axes=[0,1]'; "
                    f"one weights file alone is then rewritten with it ({', '.join(INFERENCE_FIELDS)})")
     p.set_defaults(func=_cmd_combine)
 
