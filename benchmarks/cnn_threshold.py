@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from cnn import FLOOR_MM3, REAL, _grid, _on_truth_grid, _row  # noqa: E402  (benchmarks/cnn.py)
 from msnl.cnn import as_model, members_of  # noqa: E402
-from msnl.config import INFERENCE_FIELDS, StepOneConfig  # noqa: E402
+from msnl.config import INFERENCE_FIELDS, ConfigError, StepOneConfig  # noqa: E402
 from msnl.inference import load_weights, segment  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
 from msnl.step_two import stitched_logits  # noqa: E402
 from pipelines.evaluate import summarise  # noqa: E402
-from pipelines.train import cnn_config, prepare_pairs  # noqa: E402
+from pipelines.train import inference_options, prepare_pairs  # noqa: E402
 from storage.pairs import read_candidates  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -52,9 +52,10 @@ def main() -> None:
     loaded = [load_weights(w) for w in args.weights] or [load_weights()]
     if any(c.flair_input != loaded[0][1].flair_input for _, c, _ in loaded):
         parser.error("the weights files read different FLAIR inputs; they cannot be one ensemble")
-    if bad := [o for o in args.option if o.partition("=")[0].strip() not in INFERENCE_FIELDS]:
-        parser.error(f"--option {bad[0]!r}: only inference fields can change here ({', '.join(INFERENCE_FIELDS)})")
-    cfg = cnn_config(args.option, base=loaded[0][1])
+    try:
+        cfg = loaded[0][1].with_inference(**inference_options(args.option))
+    except ConfigError as exc:
+        parser.error(str(exc))
     model = as_model([m for net, _, _ in loaded for m in members_of(net)]).eval()
     infra_mm = StepOneConfig().infratentorial_dmz_mm
     stitched, seconds = [], 0.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from msnl.errors import MsnlError
@@ -188,6 +188,14 @@ class CNNConfig(_Serialisable):
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def with_inference(self, **changes: Any) -> CNNConfig:
+        """This config with fields that only inference reads (`INFERENCE_FIELDS`) changed; any
+        other field needs retraining and is refused."""
+        if unknown := sorted(set(changes) - set(INFERENCE_FIELDS)):
+            raise ConfigError(f"{', '.join(unknown)}: only inference fields can change without retraining "
+                              f"({', '.join(INFERENCE_FIELDS)}); train again for the others.")
+        return replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
 
 
 # The CNNConfig fields that only inference reads: a weights file's values can change without

@@ -18,7 +18,7 @@ import torchio as tio
 from torch.utils.data import DataLoader
 
 from msnl.cnn import PatchCNN, members_of
-from msnl.config import INFERENCE_FIELDS, CNNConfig, ConfigError
+from msnl.config import CNNConfig
 from msnl.errors import InputError
 from msnl.inference import load_weights, weights_digest
 from msnl.patches import centre_crop, pad_batch, scale
@@ -208,10 +208,7 @@ def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | No
 
     `inference` sets fields that only inference reads (`INFERENCE_FIELDS`, e.g. the threshold or
     test-time flips) in the written file; one file alone is then rewritten with them."""
-    inference = {k: tuple(v) if isinstance(v, list) else v for k, v in (inference or {}).items()}
-    if unknown := sorted(set(inference) - set(INFERENCE_FIELDS)):
-        raise ConfigError(f"{', '.join(unknown)}: only inference fields can change without retraining "
-                          f"({', '.join(INFERENCE_FIELDS)}); train again for the others.")
+    CNNConfig().with_inference(**inference or {})  # refuse a training field before loading anything
     loaded = [(Path(p), *load_weights(p)) for p in paths]
     for path, _, _, meta in loaded:
         if not isinstance(meta.get("seed"), int):
@@ -237,7 +234,7 @@ def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | No
         sources.append({"file": path.name, "sha256": weights_digest(path), "seed": seed, "members": len(members),
                         "created": meta.get("created")})
         seed += len(members)
-    cfg = replace(cfg0, ensemble_size=len(states), **inference)
+    cfg = replace(cfg0, ensemble_size=len(states)).with_inference(**inference or {})
     devices = sorted({str(m.get("device")) for _, _, _, m in loaded})
     _write_weights(out, {"state_dicts": states, "config": cfg.to_dict(), "seed": meta0["seed"], "histories": histories,
                          "device": ",".join(devices), **{k: meta0.get(k) for k in _SHARED}, "combined_from": sources})

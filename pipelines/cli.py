@@ -111,12 +111,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_combine(args: argparse.Namespace) -> int:
     from msnl.inference import load_weights
     from msnl.training import combine_weights
-    from pipelines.train import loss_curve
+    from pipelines.train import inference_options, loss_curve
 
-    from pipelines.train import cnn_config
-
-    parsed = cnn_config(args.option)
-    inference = {key: getattr(parsed, key) for key in (o.partition("=")[0].strip() for o in args.option)}
+    inference = inference_options(args.option)
     out = Path(args.out)
     cfg = combine_weights([Path(w) for w in args.weights], out, inference)
     meta = load_weights(out)[2]

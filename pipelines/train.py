@@ -48,6 +48,13 @@ def cnn_config(options: list[str], epochs: int | None = None, base=None):
     return CNNConfig.from_dict(values)
 
 
+def inference_options(options: list[str]) -> dict:
+    """`KEY=VALUE` options parsed as `cnn_config` parses them, only the keys named: the fields a
+    weights file's config is to change with CNNConfig.with_inference."""
+    parsed = cnn_config(options)
+    return {key: getattr(parsed, key) for key in (o.partition("=")[0].strip() for o in options)}
+
+
 def _step_one(pair: TrainingPair, cfg: StepOneConfig) -> tuple[TrainingPair, str, str]:
     outcome = process_pair(pair.store, pair.subject, pair.from_visit, pair.to_visit, cfg)
     return pair, outcome.status, outcome.message
