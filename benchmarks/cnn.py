@@ -99,7 +99,10 @@ def main() -> None:
     args = parser.parse_args()
     train_sources = sorted(p for p in args.data.iterdir() if p.is_dir() and p.name.startswith(("sim-train", "sim-real")))
     heldout_source = args.data / "sim-heldout"
-    pairs = prepare_pairs([*train_sources, heldout_source, REAL], args.data / "work", progress=False)
+    real_sources = [REAL] if REAL.is_dir() else []
+    if not real_sources:
+        print(f"the real pairs are not at {REAL}: training on simulated pairs only, no leave-one-patient-out models")
+    pairs = prepare_pairs([*train_sources, heldout_source, *real_sources], args.data / "work", progress=False)
     by_source = {}
     for p in pairs:
         by_source.setdefault(Path(p.source).name, []).append(p)

@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="save sensitivity, PPV and F1 against the threshold")
     args = parser.parse_args()
     source = args.data / "sim-heldout" if args.on == "heldout" else REAL
+    if not source.is_dir():
+        parser.error(f"{source} not found: make it as docs/model_card.md says (or --on heldout without ../shared)")
     pairs = [p for p in prepare_pairs([source], args.data / "work", progress=False) if args.on == "heldout" or p.subject == args.on]
     if not pairs:
         parser.error(f"no step-one results for {args.on!r} under {args.data / 'work'}")
