@@ -71,7 +71,8 @@ def evaluate(model_path: Path, pairs: list[TrainingPair], min_lesion_mm3: float 
     cnn_rows, step_one_rows, infer_s, step_one_s = [], [], [], []
     for pair in pairs:
         grid = _grid(pair)
-        table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit, flair_input=cfg.flair_input)
+        table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit,
+                                         flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
         start = time.perf_counter()
         seg = run_step_two(table, patches, grid, model, cfg)
         infer_s.append(time.perf_counter() - start)
@@ -113,7 +114,7 @@ def main() -> None:
     print(f"CNN config overrides: {args.option or 'none'}")
     with tempfile.TemporaryDirectory() as tmp:
         ship = default_weights_path() if args.ship else Path(tmp) / "all.pt"
-        data = collect(sim_train + real, flair_input=cfg.flair_input)
+        data = collect(sim_train + real, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
         start = time.perf_counter()
         train_and_save(data, ship, cfg, args.seed)
         print(f"training on {len(sim_train)} simulated + {len(real)} real pairs: "
@@ -128,7 +129,7 @@ def main() -> None:
         for held in [] if args.no_loo else real:
             others = [p for p in real if p is not held]
             model_path = Path(tmp) / f"without-{held.subject}.pt"
-            train_and_save(collect(sim_train + others, flair_input=cfg.flair_input, progress=False), model_path, cfg, args.seed, progress=False)
+            train_and_save(collect(sim_train + others, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels, progress=False), model_path, cfg, args.seed, progress=False)
             cnn, one, infer, s1 = evaluate(model_path, [held])
             print(f"leave {held.subject} out: CNN {_fmt(cnn)}")
             print(f"{'':>{len('leave ' + held.subject + ' out: ')}}step one alone: {_fmt(one)}")

@@ -62,7 +62,8 @@ def main() -> None:
     infra_mm = StepOneConfig().infratentorial_dmz_mm
     stitched, seconds = [], 0.0
     for pair in pairs:
-        table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit, flair_input=cfg.flair_input)
+        table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit,
+                                         flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
         grid = _grid(pair)
         start = time.perf_counter()
         stitched.append((pair, grid, *stitched_logits(table, patches, grid, model, cfg)))

@@ -134,7 +134,8 @@ def inference(store: Path, repeats: int, accel: str) -> None:
     models = {d: load_weights(None, torch.device(d)) for d in (accel, "cpu")}
     rows = []
     for subject, a, b in intervals(store):
-        table, patches = read_candidates(store, subject, a, b, flair_input=models[accel][1].flair_input)
+        table, patches = read_candidates(store, subject, a, b, flair_input=models[accel][1].flair_input,
+                                         context_voxels=models[accel][1].context_voxels)
         attrs = read_pair_attrs(store, subject, a, b)
         grid = LabelMap(read_pair_array(store, subject, a, b, "brain") > 0, np.asarray(attrs["affine"]))
         masks, times = {}, {}

@@ -98,6 +98,16 @@ def patch_box(row) -> tuple[slice, slice, slice]:
     return slice(row.lo_i, row.hi_i), slice(row.lo_j, row.hi_j), slice(row.lo_k, row.hi_k)
 
 
+def widen_boxes(table: pd.DataFrame, voxels: int, shape: tuple[int, int, int]) -> pd.DataFrame:
+    """The table with every padded bounding box grown by `voxels` on each side, within the grid:
+    the boxes step one draws with `voxels` more padding."""
+    table = table.copy()
+    for axis, dim in zip("ijk", shape):
+        table[f"lo_{axis}"] = np.maximum(table[f"lo_{axis}"] - voxels, 0)
+        table[f"hi_{axis}"] = np.minimum(table[f"hi_{axis}"] + voxels, dim)
+    return table
+
+
 def crop_patches(table: pd.DataFrame, arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
     """One float32 array per candidate: `arrays` as channels x its padded bounding box."""
     return [np.stack([np.asarray(a[patch_box(row)], dtype=np.float32) for a in arrays]) for row in table.itertuples()]

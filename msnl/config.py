@@ -153,6 +153,12 @@ class CNNConfig(_Serialisable):
     # across a level edge and a lesion twice as bright then look different, and lesions already
     # at the top level at visit 1 keep their contrast. Weights record it, so inference follows.
     flair_input: Literal["grey_levels", "intensities"] = "grey_levels"
+    # Voxels of context the CNN sees beyond step one's patch on every side (ours; the paper's
+    # patch is the component's box with step one's 2 voxels of padding). The patch is cropped
+    # again from the pair's stored images, and its prediction is stitched over the larger box.
+    # 1 gives the patches of `StepOneConfig(patch_padding_voxels=3)` without running step one
+    # again. Weights record it, so inference follows. Figures: docs/benchmarks.md.
+    context_voxels: int = 0
     # Models trained alike, member i with seed + i (ours; the paper trains one). Inference
     # averages their probabilities before the threshold (msnl.cnn.PatchEnsemble), which keeps
     # a voxel only where the members agree. Figures for 1 and 2: docs/benchmarks.md.
@@ -179,6 +185,8 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"tp_patches must be 'any_truth' or 'own_component', got {self.tp_patches!r}")
         if self.flair_input not in ("grey_levels", "intensities"):
             raise ConfigError(f"flair_input must be 'grey_levels' or 'intensities', got {self.flair_input!r}")
+        if self.context_voxels < 0:
+            raise ConfigError(f"context_voxels must be at least 0, got {self.context_voxels}")
         if self.inference_batch_size < 1 or self.intervals_per_task < 1 or self.ensemble_size < 1:
             raise ConfigError("inference_batch_size, intervals_per_task and ensemble_size must be at least 1")
         for name in ("augment_flip_axes", "test_time_flip_axes"):

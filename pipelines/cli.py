@@ -100,7 +100,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = cnn_config(args.option, args.epochs, base)
     pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), workers=args.workers)
     pairs = [p for p in pairs if p.subject not in set(args.exclude)]
-    data = collect(pairs, flair_input=cfg.flair_input)
+    data = collect(pairs, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
     histories = train_and_save(data, Path(args.out), cfg, args.seed, Path(args.init) if args.init else None)
     losses = ", ".join(f"{h[0]:.4f} -> {h[-1]:.4f}" for h in histories)
     print(f"train: weights written to {args.out} (loss {losses}); "

@@ -79,7 +79,7 @@ def cnn_task(store: str, batch: list[tuple[str, str, str]], weights: str | None,
     for subject, a, b in batch:
         attrs = read_pair_attrs(store, subject, a, b)
         try:
-            table, patches = read_candidates(store, subject, a, b, flair_input=cfg.flair_input)
+            table, patches = read_candidates(store, subject, a, b, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
         except MsnlError as exc:  # one interval's problem never fails the rest of the batch
             done.append((subject, a, b, "cnn_failed", str(exc)))
             continue

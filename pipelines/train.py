@@ -92,15 +92,15 @@ def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = N
     return usable
 
 
-def collect(pairs: list[TrainingPair], *, flair_input: str, progress: bool = True):
+def collect(pairs: list[TrainingPair], *, flair_input: str, context_voxels: int = 0, progress: bool = True):
     """All patches of `pairs` as a TrainingSet (read from the work stores), with the FLAIR
-    channels that CNNConfig.flair_input names."""
+    channels and the context that CNNConfig.flair_input and context_voxels name."""
     from msnl.training import TrainingSet
     from storage.training_data import pair_patches
 
     data = TrainingSet()
     for pair in pairs:
-        items, _ = pair_patches(pair, flair_input=flair_input)
+        items, _ = pair_patches(pair, flair_input=flair_input, context_voxels=context_voxels)
         for patch, truth, infra, own_hit in items:
             data.add(patch, truth, infra, pair.name, own_hit)
     if progress:

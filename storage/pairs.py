@@ -30,8 +30,9 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from msnl.candidates import PATCH_CHANNELS, with_flair_channels
+from msnl.candidates import PATCH_CHANNELS, extract_patches, widen_boxes, with_flair_channels
 from msnl.config import StepOneConfig
+from msnl.distance_maps import distance_maps
 from msnl.errors import MsnlError, QualityControlError, StoreError
 from msnl.preprocess import continuous_flairs
 from msnl.scan import LabelMap, Scan
@@ -154,26 +155,32 @@ def read_pair_attrs(store: str | Path, subject: str, from_visit: str, to_visit: 
 
 
 def read_candidates(store: str | Path, subject: str, from_visit: str, to_visit: str,
-                    *, flair_input: str) -> tuple[pd.DataFrame, list[np.ndarray]]:
+                    *, flair_input: str, context_voxels: int = 0) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """The candidates table and the patch arrays (channels x bounding box) of a processed pair.
     `flair_input` is the CNN's (CNNConfig.flair_input), never assumed: with "intensities" the
     FLAIR channels hold the stored FLAIRs in continuous grey-level units, with "grey_levels"
-    step one's grey levels."""
+    step one's grey levels. `context_voxels` (CNNConfig.context_voxels) grows every box by that
+    many voxels on each side and crops the patches again from the stored images."""
     path = store_path(store) / pair_key(subject, from_visit, to_visit)
     attrs = read_pair_attrs(store, subject, from_visit, to_visit)
     if attrs is None or attrs.get("status") != "ok":
         raise StoreError(f"{path}: no step-one result ({'missing' if attrs is None else attrs.get('status')}).")
+    if flair_input not in ("grey_levels", "intensities"):
+        raise StoreError(f"flair_input must be 'grey_levels' or 'intensities', got {flair_input!r}")
     table = xr.open_zarr(path, group="table", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
-    flat = np.asarray(zarr.open_group(path, mode="r", zarr_format=3)["patches"][...])
-    patches = []
-    for row in table.itertuples():
-        shape = (len(PATCH_CHANNELS), row.hi_i - row.lo_i, row.hi_j - row.lo_j, row.hi_k - row.lo_k)
-        size = int(np.prod(shape))
-        patches.append(flat[row.patch_offset: row.patch_offset + size].reshape(shape))
+    if context_voxels:
+        brain = LabelMap(read_pair_array(store, subject, from_visit, to_visit, "brain") > 0, np.asarray(attrs["affine"]))
+        table = widen_boxes(table, context_voxels, brain.shape)
+        levels = (read_pair_array(store, subject, from_visit, to_visit, name) for name in ("levels1", "levels2"))
+        patches = extract_patches(table, *levels, distance_maps(brain))
+    else:
+        flat = np.asarray(zarr.open_group(path, mode="r", zarr_format=3)["patches"][...])
+        patches = []
+        for row in table.itertuples():
+            shape = (len(PATCH_CHANNELS), row.hi_i - row.lo_i, row.hi_j - row.lo_j, row.hi_k - row.lo_k)
+            patches.append(flat[row.patch_offset: row.patch_offset + int(np.prod(shape))].reshape(shape))
     if flair_input == "intensities":
         patches = with_flair_channels(table, patches, *_continuous_flairs(store, subject, from_visit, to_visit, attrs))
-    elif flair_input != "grey_levels":
-        raise StoreError(f"flair_input must be 'grey_levels' or 'intensities', got {flair_input!r}")
     return table, patches
 
 

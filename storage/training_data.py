@@ -99,14 +99,15 @@ def read_truth(pair: TrainingPair, grid: LabelMap) -> np.ndarray:
     return resample_labels(truth, grid, pair.transform, invert=pair.transform is not None).data > 0
 
 
-def pair_patches(pair: TrainingPair, *, flair_input: str):
+def pair_patches(pair: TrainingPair, *, flair_input: str, context_voxels: int = 0):
     """The pair's step-one patches (FLAIR channels as CNNConfig.flair_input says), each with its
     truth patch, infratentorial flag, and whether its own candidate (not a neighbour inside its
     margin) overlaps the truth."""
     from storage.pairs import read_candidates, read_pair_array, read_pair_attrs
 
     attrs = read_pair_attrs(pair.store, pair.subject, pair.from_visit, pair.to_visit)
-    table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit, flair_input=flair_input)
+    table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit,
+                                     flair_input=flair_input, context_voxels=context_voxels)
     labels = read_pair_array(pair.store, pair.subject, pair.from_visit, pair.to_visit, "candidates")
     truth = read_truth(pair, LabelMap(np.zeros(labels.shape, bool), np.asarray(attrs["affine"])))
     hits = candidate_hits(labels, truth, table.label.to_numpy())

@@ -35,13 +35,14 @@ def test_fine_tuning_trains_with_the_init_weights_config(tmp_path, monkeypatch):
     from msnl.config import CNNConfig
     from msnl.training import TrainingSet, save_weights
 
-    init_cfg = CNNConfig(widths=(4, 4, 4, 4, 4, 4), flair_input="intensities", ensemble_size=2, patches_per_epoch=64)
+    init_cfg = CNNConfig(widths=(4, 4, 4, 4, 4, 4), flair_input="intensities", context_voxels=1, ensemble_size=2,
+                         patches_per_epoch=64)
     init = tmp_path / "init.pt"
     save_weights(init, [PatchCNN(init_cfg), PatchCNN(init_cfg)], init_cfg, 0, [[1.0], [1.0]], torch.device("cpu"), TrainingSet())
     seen = {}
 
-    def collect(pairs, *, flair_input, progress=True):
-        seen["flair_input"] = flair_input
+    def collect(pairs, *, flair_input, context_voxels=0, progress=True):
+        seen["flair_input"], seen["context_voxels"] = flair_input, context_voxels
 
     def train_and_save(data, out, cfg, seed, init=None, progress=True):
         seen["cfg"] = cfg
@@ -52,6 +53,7 @@ def test_fine_tuning_trains_with_the_init_weights_config(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "train_and_save", train_and_save)
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "t.pt"), "--init", str(init), "--option", "epochs=2"]) == 0
     assert seen["flair_input"] == "intensities"  # not the default grey levels
+    assert seen["context_voxels"] == 1  # patches cropped as the init weights saw them
     assert seen["cfg"] == CNNConfig.from_dict({**init_cfg.to_dict(), "epochs": 2})
 
 
@@ -66,7 +68,8 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
                          ("size_bucket_window=eight", "must be JSON"),
                          ("size_bucket_window=0", "size_bucket_window must be at least 1"),
                          ("tp_patches=margin", "tp_patches must be 'any_truth' or 'own_component'"),
-                         ("flair_input=raw", "flair_input must be 'grey_levels' or 'intensities'")):
+                         ("flair_input=raw", "flair_input must be 'grey_levels' or 'intensities'"),
+                         ("context_voxels=-1", "context_voxels must be at least 0")):
         assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--work", str(tmp_path / "work"),
                      "--option", option]) == 2
         assert said in capsys.readouterr().err

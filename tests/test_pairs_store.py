@@ -70,6 +70,28 @@ def test_patches_with_intensities_carry_the_flairs_before_discretisation(store):
         read_candidates(store, "good", "01", "02", flair_input="raw")
 
 
+def test_context_voxels_crop_the_patches_step_one_draws_with_more_padding(store):
+    from msnl.candidates import detect_candidates, extract_patches
+    from msnl.distance_maps import distance_maps
+    from msnl.scan import LabelMap
+
+    process_pair(store, "good", "01", "02")
+    table, _ = read_candidates(store, "good", "01", "02", flair_input="grey_levels")
+    wide, patches = read_candidates(store, "good", "01", "02", flair_input="grey_levels", context_voxels=1)
+    attrs = read_pair_attrs(store, "good", "01", "02")
+    brain = LabelMap(read_pair_array(store, "good", "01", "02", "brain") > 0, np.asarray(attrs["affine"]))
+    levels = [read_pair_array(store, "good", "01", "02", f"levels{v}") for v in (1, 2)]
+    maps = distance_maps(brain)
+    padded = detect_candidates(*levels, brain, maps, StepOneConfig(patch_padding_voxels=3))
+    boxes = ["lo_i", "lo_j", "lo_k", "hi_i", "hi_j", "hi_k"]
+    np.testing.assert_array_equal(wide[boxes].to_numpy(), padded.table[boxes].to_numpy())
+    assert (wide[boxes[:3]].to_numpy() < table[boxes[:3]].to_numpy()).any()  # the boxes grew
+    for got, expected in zip(patches, extract_patches(padded.table, *levels, maps), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    _, continuous = read_candidates(store, "good", "01", "02", flair_input="intensities", context_voxels=1)
+    assert [c.shape for c in continuous] == [p.shape for p in patches]
+
+
 def test_intensities_without_stored_flairs_is_a_clear_store_error(store, tmp_path):
     process_pair(store, "good", "01", "02")
     own = tmp_path / "store.zarr"
