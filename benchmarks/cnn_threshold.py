@@ -60,11 +60,13 @@ def main() -> None:
         parser.error(str(exc))
     model = as_model([m for net, _, _ in loaded for m in members_of(net)]).eval()
     infra_mm = StepOneConfig().infratentorial_dmz_mm
-    stitched, seconds = [], 0.0
+    stitched, seconds, reading = [], 0.0, 0.0
     for pair in pairs:
+        start = time.perf_counter()
         table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit,
                                          flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
         grid = _grid(pair)
+        reading += time.perf_counter() - start
         start = time.perf_counter()
         stitched.append((pair, grid, *stitched_logits(table, patches, grid, model, cfg)))
         seconds += time.perf_counter() - start
@@ -75,7 +77,8 @@ def main() -> None:
 
     print(f"{args.on}: {len(pairs)} pair(s), {len(members_of(model))} member(s) from "
           f"{', '.join(str(w) for w in args.weights) or 'the shipped weights'}; test-time flips along "
-          f"{list(cfg.test_time_flip_axes) or 'no axis'}; network and stitching {seconds / len(pairs):.1f} s per pair")
+          f"{list(cfg.test_time_flip_axes) or 'no axis'}; network and stitching {seconds / len(pairs):.1f} s per pair, "
+          f"reading the patches {reading / len(pairs):.1f} s")
     print(f"{'threshold':>9} {'floor':>6} {'F1':>6} {'sens':>6} {'PPV':>6} {'Dice':>6} {'FP/free':>8}")
     rows = []
     for threshold, floor in [(t, 0.0) for t in THRESHOLDS] + [(cfg.threshold, FLOOR_MM3)]:
