@@ -73,14 +73,13 @@ def _table(labels: np.ndarray, n: int, brain: LabelMap, maps: DistanceMaps, cfg:
         return pd.DataFrame({c: pd.Series(dtype=bool if c == "infratentorial" else float) for c in columns})
     index = np.arange(1, n + 1)
     slices = ndimage.find_objects(labels, max_label=n)
-    pad = cfg.patch_padding_voxels
-    lo = np.array([[max(s.start - pad, 0) for s in sl] for sl in slices])
-    hi = np.array([[min(s.stop + pad, dim) for s, dim in zip(sl, labels.shape)] for sl in slices])
+    lo = np.array([[s.start for s in sl] for sl in slices])
+    hi = np.array([[s.stop for s in sl] for sl in slices])
     centroid_vox = np.array(ndimage.center_of_mass(labels > 0, labels, index))
     centroid_mm = centroid_vox @ brain.affine[:3, :3].T + brain.affine[:3, 3]
     counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     dmz = np.array(ndimage.mean(maps.dmz, labels, index))
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "label": index,
             "lo_i": lo[:, 0], "lo_j": lo[:, 1], "lo_k": lo[:, 2],
@@ -91,6 +90,7 @@ def _table(labels: np.ndarray, n: int, brain: LabelMap, maps: DistanceMaps, cfg:
             "infratentorial": dmz > cfg.infratentorial_dmz_mm,
         }
     )
+    return widen_boxes(table, cfg.patch_padding_voxels, labels.shape)
 
 
 def patch_box(row) -> tuple[slice, slice, slice]:
