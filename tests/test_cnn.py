@@ -87,6 +87,25 @@ def test_a_patch_predicts_the_same_alone_or_padded_beside_a_bigger_one():
     assert not torch.allclose(unmasked, alone, atol=1e-3)  # without the mask, padding leaks in
 
 
+def test_inference_batches_patches_of_like_shape_and_returns_them_in_input_order():
+    torch.manual_seed(0)
+    model = PatchCNN(CNNConfig(widths=(2, 2, 2, 2, 2, 2))).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+    rng = np.random.default_rng(0)
+    shapes = [(3, 5, 2), (10, 9, 4), (4, 6, 2), (3, 5, 2), (9, 10, 4)]
+    patches = [rng.random((5, *s), dtype=np.float32) for s in shapes]
+    cfg = CNNConfig(widths=(2, 2, 2, 2, 2, 2), input_scale=(1.0,) * 5)
+    together = predict_patches(model, patches, cfg)
+    # Shapes that round up to the same even sizes along axes 0 and 1 share a batch; no batch mixes
+    # the small patches with the big ones, so a batch is never mostly padding.
+    assert sorted(seen) == [(2, 5, 10, 10, 4), (3, 5, 4, 6, 2)]
+    for patch, logits in zip(patches, together):
+        np.testing.assert_allclose(logits, predict_patches(model, [patch], cfg)[0], atol=1e-5)
+    tight = predict_patches(model, patches, replace(cfg, inference_batch_size=1))
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(together, tight)) and len(seen) == 2 + 5 + 5
+
+
 def test_bad_widths_are_refused():
     with pytest.raises(ConfigError):
         CNNConfig(widths=(4, 4, 4))
