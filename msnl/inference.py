@@ -18,7 +18,7 @@ from scipy import ndimage
 from torch import nn
 
 from msnl.cnn import PatchCNN, as_model
-from msnl.config import CNNConfig
+from msnl.config import CNNConfig, StepOneConfig
 from msnl.errors import InputError
 from msnl.patches import pad_batch, scale
 from msnl.scan import LabelMap
@@ -57,6 +57,19 @@ def load_weights(path: str | Path | None = None, device: torch.device | None = N
         raise InputError(f"is not an msnl weights file ({type(exc).__name__}: {exc}). Use a file `msnl train` wrote.", path) from None
     model = as_model(members).eval()
     return model.to(device or torch.device("cpu")), cfg, {k: v for k, v in saved.items() if k not in ("state_dict", "state_dicts")}
+
+
+def check_patch_padding(meta: dict[str, Any], step_one: StepOneConfig, path: str | Path | None = None) -> None:
+    """Refuse weights trained on step-one patches cut with another `patch_padding_voxels` than
+    `step_one`'s: the network would see patches larger or smaller than any it learnt from.
+    Files that do not record it were trained on the paper's 2 voxels."""
+    trained = meta.get("patch_padding_voxels")
+    trained = StepOneConfig().patch_padding_voxels if trained is None else int(trained)
+    if trained != step_one.patch_padding_voxels:
+        raise InputError(
+            f"these weights were trained on step-one patches with patch_padding_voxels={trained}, but step one is "
+            f"set to cut them with {step_one.patch_padding_voxels}. Set StepOneConfig(patch_padding_voxels={trained}), "
+            "or train weights on patches cut the new way with `msnl train`.", path or default_weights_path())
 
 
 def weights_digest(path: str | Path | None = None) -> str:

@@ -36,6 +36,8 @@ class TrainingSet:
     infratentorial: list[bool] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     own_hits: list[bool] = field(default_factory=list)
+    # step one's patch_padding_voxels for every patch (None where the patches did not come from step one)
+    patch_padding_voxels: int | None = None
 
     def add(self, patch: np.ndarray, truth: np.ndarray, infratentorial: bool, source: str,
             own_hit: bool | None = None) -> None:
@@ -183,7 +185,7 @@ def save_weights(out: Path, members: list[PatchCNN], cfg: CNNConfig, seed: int, 
         "state_dicts": [{k: v.cpu() for k, v in m.state_dict().items()} for m in members],
         "config": cfg.to_dict(), "seed": seed, "histories": histories, "device": str(device),
         "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
-        "init": None if init is None else str(init),
+        "init": None if init is None else str(init), "patch_padding_voxels": data.patch_padding_voxels,
     })
 
 
@@ -198,7 +200,7 @@ def _write_weights(out: Path, saved: dict) -> None:
 
 
 # Metadata that every file of one ensemble must share: they trained on the same patches.
-_SHARED = ("data", "patches", "tp_patches", "init")
+_SHARED = ("data", "patches", "tp_patches", "init", "patch_padding_voxels")
 
 
 def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | None = None) -> CNNConfig:

@@ -163,3 +163,26 @@ def test_shipped_weights_load_offline_and_predict():
     assert path.stat().st_size < 5 * 2**20
     with torch.no_grad():
         assert model(torch.zeros(1, 5, 6, 6, 3)).shape == (1, 1, 6, 6, 3)
+
+
+def test_weights_record_step_ones_patch_padding_and_a_run_cut_another_way_is_refused_before_any_work(tmp_path):
+    from msnl.inference import check_patch_padding
+    from pipelines.run import run_cohort
+
+    data = _toy_set()
+    data.patch_padding_voxels = 3
+    path = tmp_path / "w3.pt"
+    train_and_save(data, path, replace(TINY, epochs=1), seed=0, progress=False)
+    meta = load_weights(path)[2]
+    assert meta["patch_padding_voxels"] == 3
+    check_patch_padding(meta, StepOneConfig(patch_padding_voxels=3), path)
+    with pytest.raises(InputError, match=r"w3\.pt: .*patch_padding_voxels=3.* cut them with 2"):
+        check_patch_padding(meta, StepOneConfig(), path)
+    store = tmp_path / "store.zarr"
+    with pytest.raises(InputError, match="patch_padding_voxels=3"):
+        run_cohort(tmp_path / "no-source", store, weights=str(path), progress=False)
+    assert not store.exists()  # refused before ingest
+    shipped = load_weights()[2]  # trained before the record: the paper's 2 voxels
+    check_patch_padding(shipped, StepOneConfig())
+    with pytest.raises(InputError, match="patch_padding_voxels=2"):
+        check_patch_padding(shipped, StepOneConfig(patch_padding_voxels=3))
