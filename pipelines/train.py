@@ -92,30 +92,11 @@ def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = N
     return usable
 
 
-def step_one_padding(pairs: list[TrainingPair]) -> int | None:
-    """The `patch_padding_voxels` step one cut every pair's patches with (None for no pair); the
-    weights record it, and inference refuses patches cut another way."""
-    from msnl.errors import InputError
-    from storage.pairs import read_pair_attrs
-
-    seen: dict[int, TrainingPair] = {}
-    for pair in pairs:
-        config = (read_pair_attrs(pair.store, pair.subject, pair.from_visit, pair.to_visit) or {}).get("config", {})
-        padding = int(config.get("patch_padding_voxels", StepOneConfig().patch_padding_voxels))
-        seen.setdefault(padding, pair)
-        if len(seen) > 1:
-            other = next(p for p in seen if p != padding)
-            raise InputError(f"{pair.name}'s step one cut patches with patch_padding_voxels={padding}, but "
-                             f"{seen[other].name}'s with {other}: one network learns from one patch size. Run step one "
-                             "of every training pair with the same config (a fresh --work folder does).", pair.store)
-    return next(iter(seen), None)
-
-
 def collect(pairs: list[TrainingPair], *, flair_input: str, context_voxels: int = 0, progress: bool = True):
     """All patches of `pairs` as a TrainingSet (read from the work stores), with the FLAIR
     channels and the context that CNNConfig.flair_input and context_voxels name."""
     from msnl.training import TrainingSet
-    from storage.training_data import pair_patches
+    from storage.training_data import pair_patches, step_one_padding
 
     data = TrainingSet(patch_padding_voxels=step_one_padding(pairs))
     for pair in pairs:

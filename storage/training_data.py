@@ -99,6 +99,25 @@ def read_truth(pair: TrainingPair, grid: LabelMap) -> np.ndarray:
     return resample_labels(truth, grid, pair.transform, invert=pair.transform is not None).data > 0
 
 
+def step_one_padding(pairs: list[TrainingPair]) -> int | None:
+    """The `patch_padding_voxels` step one cut every pair's patches with (None for no pair); the
+    weights record it, and `msnl run` refuses patches cut another way."""
+    from msnl.config import StepOneConfig
+    from storage.pairs import read_pair_attrs
+
+    first: tuple[TrainingPair, int] | None = None
+    for pair in pairs:
+        config = (read_pair_attrs(pair.store, pair.subject, pair.from_visit, pair.to_visit) or {}).get("config", {})
+        padding = int(config.get("patch_padding_voxels", StepOneConfig().patch_padding_voxels))
+        if first is None:
+            first = (pair, padding)
+        elif padding != first[1]:
+            raise InputError(f"{pair.name}'s step one cut patches with patch_padding_voxels={padding}, but "
+                             f"{first[0].name}'s with {first[1]}: one network learns from one patch size. Run step one "
+                             "of every training pair with the same config (a fresh --work folder does).", pair.store)
+    return None if first is None else first[1]
+
+
 def pair_patches(pair: TrainingPair, *, flair_input: str, context_voxels: int = 0):
     """The pair's step-one patches (FLAIR channels as CNNConfig.flair_input says), each with its
     truth patch, infratentorial flag, and whether its own candidate (not a neighbour inside its

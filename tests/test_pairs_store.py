@@ -181,8 +181,7 @@ def test_cnn_batches_go_when_full_or_when_a_worker_would_idle(pending, unfinishe
 
 def test_training_pairs_cut_with_different_patch_padding_are_refused(store, tmp_path):
     from msnl.errors import InputError
-    from pipelines.train import step_one_padding
-    from storage.training_data import TrainingPair
+    from storage.training_data import TrainingPair, step_one_padding
 
     process_pair(store, "good", "01", "02")
     own = tmp_path / "store.zarr"
