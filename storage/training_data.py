@@ -13,12 +13,14 @@ import nibabel as nib
 import numpy as np
 
 from msnl.candidates import patch_box
+from msnl.config import StepOneConfig
 from msnl.errors import InputError
 from msnl.patches import candidate_hits
 from msnl.resample import resample_labels
 from msnl.scan import LabelMap
 from storage.bids import DERIVATIVES, truth_path
 from storage.manifest import read_source
+from storage.pairs import read_candidates, read_pair_array, read_pair_attrs
 
 
 @dataclass(frozen=True)
@@ -102,28 +104,21 @@ def read_truth(pair: TrainingPair, grid: LabelMap) -> np.ndarray:
 def step_one_padding(pairs: list[TrainingPair]) -> int | None:
     """The `patch_padding_voxels` step one cut every pair's patches with (None for no pair); the
     weights record it, and `msnl run` refuses patches cut another way."""
-    from msnl.config import StepOneConfig
-    from storage.pairs import read_pair_attrs
-
-    first: tuple[TrainingPair, int] | None = None
-    for pair in pairs:
-        config = (read_pair_attrs(pair.store, pair.subject, pair.from_visit, pair.to_visit) or {}).get("config", {})
-        padding = int(config.get("patch_padding_voxels", StepOneConfig().patch_padding_voxels))
-        if first is None:
-            first = (pair, padding)
-        elif padding != first[1]:
+    default = StepOneConfig().patch_padding_voxels
+    paddings = [int((read_pair_attrs(p.store, p.subject, p.from_visit, p.to_visit) or {}).get("config", {})
+                    .get("patch_padding_voxels", default)) for p in pairs]
+    for pair, padding in zip(pairs[1:], paddings[1:]):
+        if padding != paddings[0]:
             raise InputError(f"{pair.name}'s step one cut patches with patch_padding_voxels={padding}, but "
-                             f"{first[0].name}'s with {first[1]}: one network learns from one patch size. Run step one "
+                             f"{pairs[0].name}'s with {paddings[0]}: one network learns from one patch size. Run step one "
                              "of every training pair with the same config (a fresh --work folder does).", pair.store)
-    return None if first is None else first[1]
+    return paddings[0] if paddings else None
 
 
 def pair_patches(pair: TrainingPair, *, flair_input: str, context_voxels: int = 0):
     """The pair's step-one patches (FLAIR channels as CNNConfig.flair_input says), each with its
     truth patch, infratentorial flag, and whether its own candidate (not a neighbour inside its
     margin) overlaps the truth."""
-    from storage.pairs import read_candidates, read_pair_array, read_pair_attrs
-
     attrs = read_pair_attrs(pair.store, pair.subject, pair.from_visit, pair.to_visit)
     table, patches = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit,
                                      flair_input=flair_input, context_voxels=context_voxels)
