@@ -9,7 +9,10 @@ every --weights file are averaged as one ensemble (none: the shipped weights), s
 trained apart can be scored together before `msnl combine-weights` joins them. --option
 overrides an inference field of the weights' config (test_time_flip_axes=[0,1]). The network
 runs once per pair; only the threshold changes. A diagnosis, not a way to pick the threshold:
-0.75 is the paper's, and the held-out cohort is not a validation split.
+0.75 is the paper's, and the held-out cohort is not a validation split. --step-one KEY=VALUE
+scores candidates made with that StepOneConfig field changed (step one runs again where its
+stored results were made otherwise); unlike `msnl run`, it does not refuse weights trained on
+other candidates, so it can show what such a mismatch costs.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 from cnn import FLOOR_MM3, REAL, _grid, _on_truth_grid, _row  # noqa: E402  (benchmarks/cnn.py)
 from msnl.cnn import as_model, members_of  # noqa: E402
-from msnl.config import INFERENCE_FIELDS, ConfigError, StepOneConfig  # noqa: E402
+from msnl.config import INFERENCE_FIELDS, ConfigError  # noqa: E402
 from msnl.inference import load_weights, segment  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
 from msnl.step_two import stitched_logits  # noqa: E402
 from pipelines.evaluate import summarise  # noqa: E402
-from pipelines.train import inference_options, prepare_pairs  # noqa: E402
+from pipelines.train import inference_options, prepare_pairs, step_one_config  # noqa: E402
 from storage.pairs import read_candidates  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -44,11 +47,18 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override an inference field of the weights' config: {', '.join(INFERENCE_FIELDS)}")
     parser.add_argument("--plot", type=Path, default=None, help="save sensitivity, PPV and F1 against the threshold")
+    parser.add_argument("--step-one", action="append", default=[], metavar="KEY=VALUE",
+                        help="candidates from step one with this StepOneConfig field changed, as msnl train --step-one")
     args = parser.parse_args()
     source = args.data / "sim-heldout" if args.on == "heldout" else REAL
     if not source.is_dir():
         parser.error(f"{source} not found: make it as docs/model_card.md says (or --on heldout without ../shared)")
-    pairs = [p for p in prepare_pairs([source], args.data / "work", progress=False) if args.on == "heldout" or p.subject == args.on]
+    try:
+        step_one = step_one_config(args.step_one)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    pairs = [p for p in prepare_pairs([source], args.data / "work", step_one, progress=False)
+             if args.on == "heldout" or p.subject == args.on]
     if not pairs:
         parser.error(f"no step-one results for {args.on!r} under {args.data / 'work'}")
     loaded = [load_weights(w) for w in args.weights] or [load_weights()]
@@ -59,7 +69,7 @@ def main() -> None:
     except ConfigError as exc:
         parser.error(str(exc))
     model = as_model([m for net, _, _ in loaded for m in members_of(net)]).eval()
-    infra_mm = StepOneConfig().infratentorial_dmz_mm
+    infra_mm = step_one.infratentorial_dmz_mm
     stitched, seconds, reading = [], 0.0, 0.0
     for pair in pairs:
         start = time.perf_counter()

@@ -93,6 +93,18 @@ class StepOneConfig(_Serialisable):
             values = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
             raise ConfigError(f"invalid step-one configuration: {values}. See msnl/config.py for valid ranges.")
 
+    def candidate_settings(self) -> dict[str, Any]:
+        """The fields that decide which candidates step one finds and what their patches hold
+        (CANDIDATE_FIELDS): weights record them, and inference refuses candidates made otherwise."""
+        return {name: getattr(self, name) for name in CANDIDATE_FIELDS}
+
+
+# Step one's fields that shape the CNN's input: the grey levels, which voxels become candidates,
+# and the patch cut round each. The rest (N4, registration, mask, QC) changes the images a
+# little, not the kind of patch the network learnt from.
+CANDIDATE_FIELDS = ("grey_levels", "grey_level_percentile", "ratio_threshold", "opening_radius_mm",
+                    "min_component_mm3", "brain_erosion_mm", "patch_padding_voxels")
+
 
 
 @dataclass(frozen=True)

@@ -59,17 +59,31 @@ def load_weights(path: str | Path | None = None, device: torch.device | None = N
     return model.to(device or torch.device("cpu")), cfg, {k: v for k, v in saved.items() if k not in ("state_dict", "state_dicts")}
 
 
-def check_patch_padding(meta: dict[str, Any], step_one: StepOneConfig, path: str | Path | None = None) -> None:
-    """Refuse weights trained on step-one patches cut with another `patch_padding_voxels` than
-    `step_one`'s: the network would see patches larger or smaller than any it learnt from.
-    Files that do not record it were trained on the paper's 2 voxels."""
-    trained = meta.get("patch_padding_voxels")
-    trained = StepOneConfig().patch_padding_voxels if trained is None else int(trained)
-    if trained != step_one.patch_padding_voxels:
+def trained_candidates(meta: dict[str, Any]) -> dict[str, Any]:
+    """The step-one candidate settings (StepOneConfig.candidate_settings) that weights were
+    trained on. What a file does not record is the paper's: the shipped file predates the
+    record, and files from before it record only `patch_padding_voxels`."""
+    recorded = meta.get("step_one") or {}
+    if "patch_padding_voxels" not in recorded and meta.get("patch_padding_voxels") is not None:
+        recorded = {**recorded, "patch_padding_voxels": int(meta["patch_padding_voxels"])}
+    return {**StepOneConfig().candidate_settings(), **recorded}
+
+
+def check_candidates(meta: dict[str, Any], settings: dict[str, Any], path: str | Path | None = None,
+                     use: str = "step one is set to") -> None:
+    """Refuse weights trained on step-one candidates made with other `settings` (the fields of
+    StepOneConfig.candidate_settings): the network would see patches unlike any it learnt from,
+    and nothing would say so. `use` names what makes the new candidates, for the message."""
+    trained = trained_candidates(meta)
+    differ = [name for name in trained if name in settings and settings[name] != trained[name]]
+    if differ:
+        was = ", ".join(f"{name}={trained[name]}" for name in differ)
+        now = ", ".join(f"{name}={settings[name]}" for name in differ)
+        fix = " ".join(f"--step-one {name}={trained[name]}" for name in differ)
         raise InputError(
-            f"these weights were trained on step-one patches with patch_padding_voxels={trained}, but step one is "
-            f"set to cut them with {step_one.patch_padding_voxels}. Set StepOneConfig(patch_padding_voxels={trained}), "
-            "or train weights on patches cut the new way with `msnl train`.", path or default_weights_path())
+            f"these weights were trained on step-one candidates made with {was}, but {use} {now}. Use the "
+            f"weights' values ({fix}), or train weights on candidates made the new way with `msnl train`.",
+            path or default_weights_path())
 
 
 def weights_digest(path: str | Path | None = None) -> str:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from msnl.cnn import PatchCNN, members_of
 from msnl.config import CNNConfig
 from msnl.errors import InputError
-from msnl.inference import load_weights, weights_digest
+from msnl.inference import load_weights, trained_candidates, weights_digest
 from msnl.patches import centre_crop, pad_batch, scale
 from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 
@@ -36,8 +36,9 @@ class TrainingSet:
     infratentorial: list[bool] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     own_hits: list[bool] = field(default_factory=list)
-    # step one's patch_padding_voxels for every patch (None where the patches did not come from step one)
-    patch_padding_voxels: int | None = None
+    # step one's candidate settings (StepOneConfig.candidate_settings) for every patch; None where
+    # the patches did not come from step one
+    step_one: dict[str, Any] | None = None
 
     def add(self, patch: np.ndarray, truth: np.ndarray, infratentorial: bool, source: str,
             own_hit: bool | None = None) -> None:
@@ -185,7 +186,7 @@ def save_weights(out: Path, members: list[PatchCNN], cfg: CNNConfig, seed: int, 
         "state_dicts": [{k: v.cpu() for k, v in m.state_dict().items()} for m in members],
         "config": cfg.to_dict(), "seed": seed, "histories": histories, "device": str(device),
         "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
-        "init": None if init is None else str(init), "patch_padding_voxels": data.patch_padding_voxels,
+        "init": None if init is None else str(init), "step_one": data.step_one,
     })
 
 
@@ -200,7 +201,7 @@ def _write_weights(out: Path, saved: dict) -> None:
 
 
 # Metadata that every file of one ensemble must share: they trained on the same patches.
-_SHARED = ("data", "patches", "tp_patches", "init", "patch_padding_voxels")
+_SHARED = ("data", "patches", "tp_patches", "init")
 
 
 def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | None = None) -> CNNConfig:
@@ -224,6 +225,7 @@ def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | No
             raise InputError(f"its config differs from {first.name}'s in {', '.join(diff)}; members of one ensemble "
                              "must be trained with the same options.", path)
         mismatch = [k for k in _SHARED if meta.get(k) != meta0.get(k)]
+        mismatch += ["step_one"] if trained_candidates(meta) != trained_candidates(meta0) else []
         if mismatch:
             raise InputError(f"was trained on other data than {first.name} ({', '.join(mismatch)} differ); members of "
                              "one ensemble must be trained on the same pairs.", path)
@@ -239,5 +241,6 @@ def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | No
     cfg = replace(cfg0, ensemble_size=len(states)).with_inference(**inference or {})
     devices = sorted({str(m.get("device")) for _, _, _, m in loaded})
     _write_weights(out, {"state_dicts": states, "config": cfg.to_dict(), "seed": meta0["seed"], "histories": histories,
-                         "device": ",".join(devices), **{k: meta0.get(k) for k in _SHARED}, "combined_from": sources})
+                         "device": ",".join(devices), **{k: meta0.get(k) for k in _SHARED},
+                         "step_one": trained_candidates(meta0), "combined_from": sources})
     return cfg

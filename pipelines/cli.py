@@ -15,6 +15,10 @@ from msnl.errors import MsnlError
 
 log = logging.getLogger("msnl")
 
+_STEP_ONE_HELP = ("override a StepOneConfig field (msnl/config.py; the paper's values by default), e.g. --step-one "
+                  "opening_radius_mm=1.0. Weights record the candidate settings they were trained on, and `msnl run` "
+                  "refuses others before any work")
+
 
 def _print_entries(entries: list[dict]) -> None:
     for e in entries:
@@ -90,7 +94,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.train import cnn_config, collect, prepare_pairs, train_and_save
+    from pipelines.train import cnn_config, collect, prepare_pairs, step_one_config, train_and_save
 
     base = None
     if args.init:  # fine-tuning keeps the weights' own config (FLAIR input, members, widths)
@@ -98,7 +102,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         base = load_weights(args.init)[1]
     cfg = cnn_config(args.option, args.epochs, base)
-    pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), workers=args.workers)
+    step_one = step_one_config(args.step_one)
+    pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), step_one, workers=args.workers)
     pairs = [p for p in pairs if p.subject not in set(args.exclude)]
     data = collect(pairs, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
     histories = train_and_save(data, Path(args.out), cfg, args.seed, Path(args.init) if args.init else None)
@@ -125,10 +130,11 @@ def _cmd_combine(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_cohort
+    from pipelines.train import step_one_config
     from storage.results import open_results
 
     summary = run_cohort(args.source, args.store, scheduler=args.scheduler, workers=args.workers,
-                         weights=args.weights, progress=not args.quiet)
+                         weights=args.weights, cfg=step_one_config(args.step_one), progress=not args.quiet)
     _print_failures(summary.failed)
     print(f"run: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
           f"{len(summary.failed)} failed. Results: storage.open_results({str(args.store)!r})")
@@ -224,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the paper's 20 epochs")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="override a CNNConfig field (msnl/config.py), e.g. --option size_bucket_window=8")
+    p.add_argument("--step-one", action="append", default=[], metavar="KEY=VALUE", help=_STEP_ONE_HELP)
     p.add_argument("--exclude", nargs="*", default=[], metavar="SUBJECT", help="leave these subjects out (e.g. patient01)")
     p.add_argument("--workers", type=int, default=None, help="step-one worker processes (default: one per core)")
     p.set_defaults(func=_cmd_train)
@@ -271,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use this Dask scheduler (tcp://host:8786)")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
     p.add_argument("--weights", default=None, help="CNN weights (default: the shipped ones)")
+    p.add_argument("--step-one", action="append", default=[], metavar="KEY=VALUE", help=_STEP_ONE_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 

@@ -166,10 +166,10 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
     """Ingest `source` into `store` (incrementally), then step one and the CNN on every interval
     not already done with these inputs, config, software and weights."""
     from msnl.config import CNNConfig
-    from msnl.inference import check_patch_padding, load_weights, weights_digest
+    from msnl.inference import check_candidates, load_weights, weights_digest
 
     cfg = cfg or StepOneConfig()
-    check_patch_padding(load_weights(weights)[2], cfg, weights)  # before any work: a mismatch would fail every interval
+    check_candidates(load_weights(weights)[2], cfg.candidate_settings(), weights)  # before any work
     cnn_batch = cnn_batch or CNNConfig().intervals_per_task
     store = str(store)
     summary = run_ingest(source, store, progress=progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import dask
@@ -23,29 +24,43 @@ from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, trai
 log = logging.getLogger(__name__)
 
 
-def cnn_config(options: list[str], epochs: int | None = None, base=None):
-    """`base` (default: the default CNNConfig) with `KEY=VALUE` overrides (VALUE in JSON: 8,
-    null, [16, 32]; a text field also takes its value bare, as in tp_patches=own_component)."""
+def with_options(base, options: list[str], flag: str = "--option", example: str = "size_bucket_window=8"):
+    """A copy of the config `base` with `KEY=VALUE` overrides (VALUE in JSON: 8, null, [16, 32];
+    a text field also takes its value bare, as in tp_patches=own_component). `flag` and
+    `example` are for the messages."""
     import json
 
-    from msnl.config import CNNConfig, ConfigError
+    from msnl.config import ConfigError
 
-    values = (base or CNNConfig()).to_dict()
+    values = base.to_dict()
     for option in options:
         key, sep, raw = option.partition("=")
         if not sep:
-            raise ConfigError(f"--option {option!r}: write it as KEY=VALUE, e.g. size_bucket_window=8")
+            raise ConfigError(f"{flag} {option!r}: write it as KEY=VALUE, e.g. {flag} {example}")
         key = key.strip()
+        if key not in values:
+            raise ConfigError(f"{flag} {option!r}: {type(base).__name__} has no field {key!r} (see msnl/config.py)")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             if not isinstance(values.get(key), str):
-                raise ConfigError(f"--option {option!r}: the value must be JSON (a number, null, or a list like [16, 32])") from None
+                raise ConfigError(f"{flag} {option!r}: the value must be JSON (a number, null, or a list like [16, 32])") from None
             value = raw.strip()
         values[key] = value
-    if epochs is not None:
-        values["epochs"] = epochs
-    return CNNConfig.from_dict(values)
+    return type(base).from_dict(values)
+
+
+def cnn_config(options: list[str], epochs: int | None = None, base=None):
+    """`base` (default: the default CNNConfig) with `--option KEY=VALUE` overrides and the epochs."""
+    from msnl.config import CNNConfig
+
+    cfg = with_options(base or CNNConfig(), options)
+    return cfg if epochs is None else replace(cfg, epochs=epochs)
+
+
+def step_one_config(options: list[str]) -> StepOneConfig:
+    """The paper's StepOneConfig with `--step-one KEY=VALUE` overrides."""
+    return with_options(StepOneConfig(), options, "--step-one", "opening_radius_mm=1.0")
 
 
 def inference_options(options: list[str]) -> dict:
@@ -96,9 +111,9 @@ def collect(pairs: list[TrainingPair], *, flair_input: str, context_voxels: int 
     """All patches of `pairs` as a TrainingSet (read from the work stores), with the FLAIR
     channels and the context that CNNConfig.flair_input and context_voxels name."""
     from msnl.training import TrainingSet
-    from storage.training_data import pair_patches, step_one_padding
+    from storage.training_data import pair_patches, step_one_candidates
 
-    data = TrainingSet(patch_padding_voxels=step_one_padding(pairs))
+    data = TrainingSet(step_one=step_one_candidates(pairs))
     for pair in pairs:
         items, _ = pair_patches(pair, flair_input=flair_input, context_voxels=context_voxels)
         for patch, truth, infra, own_hit in items:
@@ -117,12 +132,14 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
     from tqdm import tqdm
 
     from msnl.cnn import members_of
-    from msnl.inference import load_weights
+    from msnl.inference import check_candidates, load_weights
     from msnl.training import device_for, save_weights, train_members
 
     init_states = None
     if init is not None:
-        model, _, _ = load_weights(init)
+        model, _, meta = load_weights(init)
+        if data.step_one is not None:
+            check_candidates(meta, data.step_one, init, use="the training pairs' step one made them with")
         init_states = [m.state_dict() for m in members_of(model)]
     bar = tqdm(total=cfg.epochs * cfg.ensemble_size, desc="train", unit="epoch", disable=not progress)
 

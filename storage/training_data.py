@@ -101,18 +101,20 @@ def read_truth(pair: TrainingPair, grid: LabelMap) -> np.ndarray:
     return resample_labels(truth, grid, pair.transform, invert=pair.transform is not None).data > 0
 
 
-def step_one_padding(pairs: list[TrainingPair]) -> int | None:
-    """The `patch_padding_voxels` step one cut every pair's patches with (None for no pair); the
-    weights record it, and `msnl run` refuses patches cut another way."""
-    default = StepOneConfig().patch_padding_voxels
-    paddings = [int((read_pair_attrs(p.store, p.subject, p.from_visit, p.to_visit) or {}).get("config", {})
-                    .get("patch_padding_voxels", default)) for p in pairs]
-    for pair, padding in zip(pairs[1:], paddings[1:]):
-        if padding != paddings[0]:
-            raise InputError(f"{pair.name}'s step one cut patches with patch_padding_voxels={padding}, but "
-                             f"{pairs[0].name}'s with {paddings[0]}: one network learns from one patch size. Run step one "
-                             "of every training pair with the same config (a fresh --work folder does).", pair.store)
-    return paddings[0] if paddings else None
+def step_one_candidates(pairs: list[TrainingPair]) -> dict | None:
+    """The candidate settings (StepOneConfig.candidate_settings) step one ran with on every pair
+    (None for no pair); the weights record them, and `msnl run` refuses candidates made otherwise."""
+    settings = [StepOneConfig.from_dict((read_pair_attrs(p.store, p.subject, p.from_visit, p.to_visit) or {})
+                                        .get("config", {})).candidate_settings() for p in pairs]
+    for pair, own in zip(pairs[1:], settings[1:]):
+        differ = [name for name in own if own[name] != settings[0][name]]
+        if differ:
+            raise InputError(
+                f"{pair.name}'s step one made candidates with {', '.join(f'{n}={own[n]}' for n in differ)}, but "
+                f"{pairs[0].name}'s with {', '.join(f'{n}={settings[0][n]}' for n in differ)}: one network learns "
+                "from one kind of candidate. Run step one of every training pair with the same config (a fresh "
+                "--work folder does).", pair.store)
+    return settings[0] if settings else None
 
 
 def pair_patches(pair: TrainingPair, *, flair_input: str, context_voxels: int = 0):

@@ -63,7 +63,7 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
     assert cnn_config(["size_bucket_window=8", "widths=[8, 8, 8, 8, 8, 8]"], epochs=3).size_bucket_window == 8
     assert cnn_config(["tp_patches=own_component"]).tp_patches == cnn_config(['tp_patches="own_component"']).tp_patches == "own_component"
     assert cnn_config(["flair_input=intensities"]).flair_input == "intensities"
-    for option, said in (("no_such_field=1", "unknown CNNConfig keys: no_such_field"),
+    for option, said in (("no_such_field=1", "CNNConfig has no field 'no_such_field'"),
                          ("size_bucket_window", "KEY=VALUE"),
                          ("size_bucket_window=eight", "must be JSON"),
                          ("size_bucket_window=0", "size_bucket_window must be at least 1"),
@@ -74,6 +74,43 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
                      "--option", option]) == 2
         assert said in capsys.readouterr().err
     assert not (tmp_path / "work").exists() and not (tmp_path / "w.pt").exists()
+
+
+def test_step_one_options_reach_step_one_and_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    import pipelines.run as run_module
+    import pipelines.train as train_module
+    from pipelines.run import RunSummary
+
+    store = tmp_path / "store.zarr"
+    for option, said in (("opening=1", "--step-one 'opening=1': StepOneConfig has no field 'opening'"),
+                         ("opening_radius_mm", "write it as KEY=VALUE, e.g. --step-one opening_radius_mm=1.0"),
+                         ("opening_radius_mm=-1", "invalid step-one configuration: opening_radius_mm=-1"),
+                         # the shipped weights were trained on the paper's candidates
+                         ("ratio_threshold=1.1", "made with ratio_threshold=1.15, but step one is set to ratio_threshold=1.1. "
+                                                 "Use the weights' values (--step-one ratio_threshold=1.15)")):
+        assert main(["run", str(tmp_path), str(store), "--step-one", option]) == 2
+        assert said in capsys.readouterr().err
+    assert not store.exists()
+    seen = {}
+
+    def run_cohort(source, store, *, cfg, **kwargs):
+        seen["run"] = cfg
+        return RunSummary(0, 0, 0, [], 0)
+
+    def prepare_pairs(sources, work, cfg, **kwargs):
+        seen["train"] = cfg
+        return []
+
+    monkeypatch.setattr(run_module, "run_cohort", run_cohort)
+    monkeypatch.setattr(train_module, "prepare_pairs", prepare_pairs)
+    monkeypatch.setattr(train_module, "collect", lambda pairs, **kwargs: None)
+    monkeypatch.setattr(train_module, "train_and_save", lambda *args, **kwargs: [[1.0]])
+    assert main(["run", str(tmp_path), str(store), "-q", "--step-one", "patch_padding_voxels=3"]) == 0
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--step-one", "opening_radius_mm=0",
+                 "--step-one", "min_component_mm3=5"]) == 0
+    assert seen["run"].patch_padding_voxels == 3 and seen["run"].opening_radius_mm == 1.0
+    assert seen["train"].opening_radius_mm == 0 and seen["train"].min_component_mm3 == 5
+    assert seen["train"].ratio_threshold == 1.15  # the paper's, where no option says otherwise
 
 
 def test_demo_into_a_file_is_a_clear_error(tmp_path, capsys):

@@ -179,16 +179,22 @@ def test_cnn_batches_go_when_full_or_when_a_worker_would_idle(pending, unfinishe
     assert cnn_batch_ready(pending, batch=4, unfinished_step_one=unfinished, workers=2) is ready
 
 
-def test_training_pairs_cut_with_different_patch_padding_are_refused(store, tmp_path):
+def test_training_pairs_whose_candidates_were_made_differently_are_refused(store, tmp_path):
     from msnl.errors import InputError
-    from storage.training_data import TrainingPair, step_one_padding
+    from storage.training_data import TrainingPair, step_one_candidates
 
     process_pair(store, "good", "01", "02")
-    own = tmp_path / "store.zarr"
-    shutil.copytree(store, own)
-    assert process_pair(own, "good", "01", "02", StepOneConfig(patch_padding_voxels=3)).status == "ok"
-    paper, wider = (TrainingPair(str(s), "good", "01", "02", truth="unused.nii.gz", source=name)
-                    for s, name in ((store, "paper"), (own, "wider")))
-    assert step_one_padding([paper, paper]) == 2 and step_one_padding([wider]) == 3 and step_one_padding([]) is None
-    with pytest.raises(InputError, match="wider:good:01-02's step one cut patches with patch_padding_voxels=3, but paper:good:01-02's with 2"):
-        step_one_padding([paper, wider])
+    wider, unopened = tmp_path / "wider.zarr", tmp_path / "unopened.zarr"
+    for own, cfg in ((wider, StepOneConfig(patch_padding_voxels=3)), (unopened, StepOneConfig(opening_radius_mm=0))):
+        shutil.copytree(store, own)
+        assert process_pair(own, "good", "01", "02", cfg).status == "ok"
+    paper, wide, flat = (TrainingPair(str(s), "good", "01", "02", truth="unused.nii.gz", source=name)
+                         for s, name in ((store, "paper"), (wider, "wider"), (unopened, "unopened")))
+    assert step_one_candidates([paper, paper]) == StepOneConfig().candidate_settings()
+    assert step_one_candidates([wide])["patch_padding_voxels"] == 3 and step_one_candidates([]) is None
+    assert step_one_candidates([flat])["opening_radius_mm"] == 0
+    with pytest.raises(InputError, match="wider:good:01-02's step one made candidates with patch_padding_voxels=3, "
+                                         "but paper:good:01-02's with patch_padding_voxels=2"):
+        step_one_candidates([paper, wide])
+    with pytest.raises(InputError, match="unopened:good:01-02's step one made candidates with opening_radius_mm=0"):
+        step_one_candidates([paper, paper, flat])

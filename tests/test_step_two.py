@@ -13,7 +13,7 @@ import torch
 from msnl.cnn import PatchCNN, PatchEnsemble
 from msnl.config import CNNConfig, StepOneConfig
 from msnl.errors import InputError
-from msnl.inference import default_weights_path, load_weights, segment
+from msnl.inference import default_weights_path, load_weights, segment, trained_candidates
 from msnl.scan import LabelMap
 from pipelines.train import train_and_save
 from tests.test_cnn import _toy_set
@@ -165,24 +165,34 @@ def test_shipped_weights_load_offline_and_predict():
         assert model(torch.zeros(1, 5, 6, 6, 3)).shape == (1, 1, 6, 6, 3)
 
 
-def test_weights_record_step_ones_patch_padding_and_a_run_cut_another_way_is_refused_before_any_work(tmp_path):
-    from msnl.inference import check_patch_padding
+def test_weights_record_step_ones_candidate_settings_and_a_run_made_another_way_is_refused_before_any_work(tmp_path):
+    from msnl.inference import check_candidates
     from pipelines.run import run_cohort
 
     data = _toy_set()
-    data.patch_padding_voxels = 3
+    data.step_one = StepOneConfig(patch_padding_voxels=3, opening_radius_mm=0).candidate_settings()
     path = tmp_path / "w3.pt"
     train_and_save(data, path, replace(TINY, epochs=1), seed=0, progress=False)
     meta = load_weights(path)[2]
-    assert meta["patch_padding_voxels"] == 3
-    check_patch_padding(meta, StepOneConfig(patch_padding_voxels=3), path)
-    with pytest.raises(InputError, match=r"w3\.pt: .*patch_padding_voxels=3.* cut them with 2"):
-        check_patch_padding(meta, StepOneConfig(), path)
+    assert meta["step_one"]["patch_padding_voxels"] == 3 and meta["step_one"]["opening_radius_mm"] == 0
+    check_candidates(meta, StepOneConfig(patch_padding_voxels=3, opening_radius_mm=0).candidate_settings(), path)
+    with pytest.raises(InputError, match=r"w3\.pt: .*made with opening_radius_mm=0, patch_padding_voxels=3, but step one is "
+                                         r"set to opening_radius_mm=1\.0, patch_padding_voxels=2\. Use the weights' values "
+                                         r"\(--step-one opening_radius_mm=0 --step-one patch_padding_voxels=3\)"):
+        check_candidates(meta, StepOneConfig().candidate_settings(), path)
     store = tmp_path / "store.zarr"
-    with pytest.raises(InputError, match="patch_padding_voxels=3"):
-        run_cohort(tmp_path / "no-source", store, weights=str(path), progress=False)
+    with pytest.raises(InputError, match="opening_radius_mm=0"):
+        run_cohort(tmp_path / "no-source", store, weights=str(path), cfg=StepOneConfig(patch_padding_voxels=3), progress=False)
     assert not store.exists()  # refused before ingest
-    shipped = load_weights()[2]  # trained before the record: the paper's 2 voxels
-    check_patch_padding(shipped, StepOneConfig())
-    with pytest.raises(InputError, match="patch_padding_voxels=2"):
-        check_patch_padding(shipped, StepOneConfig(patch_padding_voxels=3))
+    # fine-tuning from these weights on candidates made the paper's way is refused too
+    data.step_one = StepOneConfig().candidate_settings()
+    with pytest.raises(InputError, match="the training pairs' step one made them with opening_radius_mm=1.0"):
+        train_and_save(data, tmp_path / "tuned.pt", replace(TINY, epochs=1), seed=0, init=path, progress=False)
+    assert not (tmp_path / "tuned.pt").exists()
+    shipped = load_weights()[2]  # trained before the record: the paper's candidates
+    check_candidates(shipped, StepOneConfig().candidate_settings())
+    for field, value in (("patch_padding_voxels", 3), ("ratio_threshold", 1.1), ("min_component_mm3", 3.0)):
+        with pytest.raises(InputError, match=f"--step-one {field}="):
+            check_candidates(shipped, StepOneConfig(**{field: value}).candidate_settings())
+    # files written between the two records hold only the padding
+    assert trained_candidates({"patch_padding_voxels": 3}) == StepOneConfig(patch_padding_voxels=3).candidate_settings()
