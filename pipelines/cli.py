@@ -97,12 +97,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pipelines.train import cnn_config, collect, prepare_pairs, step_one_config, train_and_save
 
     base = None
-    if args.init:  # fine-tuning keeps the weights' own config (FLAIR input, members, widths)
-        from msnl.inference import load_weights
-
-        base = load_weights(args.init)[1]
-    cfg = cnn_config(args.option, args.epochs, base)
     step_one = step_one_config(args.step_one)
+    if args.init:  # fine-tuning keeps the weights' own config (FLAIR input, members, widths)
+        from msnl.inference import check_candidates, load_weights
+
+        _, base, meta = load_weights(args.init)
+        check_candidates(meta, step_one.candidate_settings(), args.init)  # before step one runs on every pair
+    cfg = cnn_config(args.option, args.epochs, base)
     pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), step_one, workers=args.workers)
     pairs = [p for p in pairs if p.subject not in set(args.exclude)]
     data = collect(pairs, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)

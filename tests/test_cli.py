@@ -79,6 +79,7 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
 def test_step_one_options_reach_step_one_and_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
     import pipelines.run as run_module
     import pipelines.train as train_module
+    from msnl.inference import default_weights_path
     from pipelines.run import RunSummary
 
     store = tmp_path / "store.zarr"
@@ -111,6 +112,10 @@ def test_step_one_options_reach_step_one_and_are_checked_before_any_work(tmp_pat
     assert seen["run"].patch_padding_voxels == 3 and seen["run"].opening_radius_mm == 1.0
     assert seen["train"].opening_radius_mm == 0 and seen["train"].min_component_mm3 == 5
     assert seen["train"].ratio_threshold == 1.15  # the paper's, where no option says otherwise
+    del seen["train"]  # fine-tuning the shipped weights on candidates made another way: refused before step one
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--init", str(default_weights_path()),
+                 "--step-one", "opening_radius_mm=0"]) == 2
+    assert "Use the weights' values (--step-one opening_radius_mm=1.0)" in capsys.readouterr().err and "train" not in seen
 
 
 def test_demo_into_a_file_is_a_clear_error(tmp_path, capsys):
