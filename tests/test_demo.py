@@ -1,4 +1,4 @@
-"""`msnl demo` end to end (slow: 7–13 minutes on 2 cores), then the dashboard on its store."""
+"""`msnl demo` end to end (slow: 7–14 minutes on 2 cores), then the dashboard on its store."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 
 
-@pytest.mark.timeout(1800)  # the demo alone takes 7–13 minutes on 2 cores
+@pytest.mark.timeout(1800)  # the demo alone takes 7–14 minutes on 2 cores
 def test_demo_runs_prints_endpoints_and_the_dashboard_command_then_reruns_as_a_no_op(tmp_path, capsys, monkeypatch):
     root = tmp_path / "demo"
     assert main(["demo", str(root)]) == 0
