@@ -17,7 +17,7 @@ log = logging.getLogger("msnl")
 
 _STEP_ONE_HELP = ("override a StepOneConfig field (msnl/config.py; the paper's values by default), e.g. --step-one "
                   "opening_radius_mm=1.0. Weights record the candidate settings they were trained on, and `msnl run` "
-                  "refuses others before any work")
+                  "refuses others before any work.")
 
 
 def _print_entries(entries: list[dict]) -> None:
