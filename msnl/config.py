@@ -106,7 +106,6 @@ CANDIDATE_FIELDS = ("grey_levels", "grey_level_percentile", "ratio_threshold", "
                     "min_component_mm3", "brain_erosion_mm", "patch_padding_voxels")
 
 
-
 @dataclass(frozen=True)
 class CNNConfig(_Serialisable):
     """Step two: the patch CNN, its training and its inference."""

@@ -225,7 +225,8 @@ def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | No
             raise InputError(f"its config differs from {first.name}'s in {', '.join(diff)}; members of one ensemble "
                              "must be trained with the same options.", path)
         mismatch = [k for k in _SHARED if meta.get(k) != meta0.get(k)]
-        mismatch += ["step_one"] if trained_candidates(meta) != trained_candidates(meta0) else []
+        if trained_candidates(meta) != trained_candidates(meta0):
+            mismatch.append("step_one")
         if mismatch:
             raise InputError(f"was trained on other data than {first.name} ({', '.join(mismatch)} differ); members of "
                              "one ensemble must be trained on the same pairs.", path)
