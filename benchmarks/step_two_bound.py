@@ -54,7 +54,8 @@ def main() -> None:
     for pair in prepare_pairs(sources, args.data / "work", progress=False):
         group = "held out" if Path(pair.source).name == "sim-heldout" else pair.subject
         counts = reach(pair)
-        print(f"{group:<12} {pair.subject:<10} " + " ".join(f"{f'{d}/{t}':>{w}}" for (d, t), w in zip(counts.values(), (10, 6))))
+        (cd, ct), (bd, bt) = counts["candidates"], counts["boxes"]
+        print(f"{group:<12} {pair.subject:<10} {f'{cd}/{ct}':>10} {f'{bd}/{bt}':>6}")
         for name, (d, t) in counts.items():
             total = totals.setdefault((group, name), [0, 0])
             total[0] += d
