@@ -1,12 +1,16 @@
 """Training the patch CNN (paper §2.3) on patches built into batches with torchio.
 
 Seeded: the same data, config and seed give the same weights on the same machine (CPU).
-Progress is reported through a callback, so the command line can draw its own bar.
+Progress is reported through a callback, so the command line can draw its own bar. After every
+epoch a second callback gets the training's whole state (weights, optimiser, schedule, random
+generators), so a training stopped part-way can go on from its last epoch to the same weights.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
+import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +65,18 @@ class TrainingSet:
 
     def __len__(self) -> int:
         return len(self.patches)
+
+    def digest(self) -> str:
+        """A hash of every patch, truth and flag and of the step-one settings: two sets with the
+        same digest train the same network."""
+        h = hashlib.blake2b(digest_size=16)
+        for patch, truth, infra, source, own in zip(self.patches, self.truths, self.infratentorial, self.sources,
+                                                    self.own_hits):
+            h.update(repr((patch.shape, str(patch.dtype), infra, source, own)).encode())
+            h.update(np.ascontiguousarray(patch))
+            h.update(np.packbits(truth))
+        h.update(repr(sorted((self.step_one or {}).items())).encode())
+        return h.hexdigest()
 
 
 def _subjects(data: TrainingSet, cfg: CNNConfig) -> list[tio.Subject]:
@@ -120,12 +136,36 @@ def device_for() -> torch.device:
 
 
 ProgressCallback = Callable[[int, int, int, float], None]  # epoch, batch, batches, loss
+EpochCallback = Callable[[dict], None]  # the training's state after an epoch
+
+
+def _rng_state(rng: np.random.Generator, device: torch.device) -> dict:
+    state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict, rng: np.random.Generator, device: torch.device) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _on_cpu(state_dict: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in state_dict.items()}
 
 
 def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None,
-          on_batch: ProgressCallback | None = None, device: torch.device | None = None) -> tuple[PatchCNN, list[float]]:
+          on_batch: ProgressCallback | None = None, device: torch.device | None = None,
+          resume: dict | None = None, on_epoch: EpochCallback | None = None) -> tuple[PatchCNN, list[float]]:
     """Train (or fine-tune from `init`, a state dict) for `cfg.epochs`; returns the model and
-    the mean training loss per epoch."""
+    the mean training loss per epoch.
+
+    `on_epoch` gets the training's state after every epoch. Given back as `resume` (with the
+    same data, config and seed), training goes on after that epoch and ends with the weights
+    an unbroken run gives on the same device."""
     device = device or device_for()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -134,11 +174,17 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
         model.load_state_dict(init)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=cfg.lr_step_epochs, gamma=cfg.lr_decay)
+    history: list[float] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimiser.load_state_dict(resume["optimiser"])
+        schedule.load_state_dict(resume["schedule"])
+        history = list(resume["history"])
+        _restore_rng(resume["rng"], rng, device)
     dataset = tio.SubjectsDataset(_subjects(data, cfg), transform=augmentation(cfg))
     is_tp, infra = data.tp_flags(cfg.tp_patches), np.asarray(data.infratentorial)
     volumes = np.array([np.prod(np.minimum(p.shape[1:], cfg.train_max_patch)) for p in data.patches])
-    history: list[float] = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(len(history), cfg.epochs):
         model.train()
         drawn = epoch_indices(is_tp, infra, cfg, rng)
         if cfg.size_bucket_window is None:
@@ -159,22 +205,69 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
         schedule.step()
         history.append(float(np.mean(losses)))
         log.info("epoch %d: loss %.4f", epoch + 1, history[-1])
+        if on_epoch:
+            on_epoch({"model": _on_cpu(model.state_dict()), "optimiser": copy.deepcopy(optimiser.state_dict()),
+                      "schedule": schedule.state_dict(), "history": list(history), "rng": _rng_state(rng, device)})
     return model, history
 
 
 def train_members(data: TrainingSet, cfg: CNNConfig, seed: int, init: list[dict] | None = None,
-                  on_batch: ProgressCallback | None = None, device: torch.device | None = None
+                  on_batch: ProgressCallback | None = None, device: torch.device | None = None,
+                  resume: dict | None = None, on_epoch: EpochCallback | None = None
                   ) -> tuple[list[PatchCNN], list[list[float]]]:
     """`cfg.ensemble_size` models, member i trained by `train` with seed `seed + i` (and, when
-    fine-tuning, from `init[i % len(init)]`); `on_batch` counts epochs across members."""
+    fine-tuning, from `init[i % len(init)]`); `on_batch` counts epochs across members.
+
+    `on_epoch` and `resume` work as `train`'s for the whole ensemble: the state holds the
+    finished members (weights and loss history) and the current member's state."""
+    device = device or device_for()
+    finished: list[dict] = [] if resume is None else list(resume["finished"])
     models, histories = [], []
     for i in range(cfg.ensemble_size):
+        if i < len(finished):
+            model = PatchCNN(cfg).to(device)
+            model.load_state_dict(finished[i]["model"])
+            models.append(model)
+            histories.append(list(finished[i]["history"]))
+            continue
         offset = i * cfg.epochs
         step = None if on_batch is None else (lambda e, b, n, loss, offset=offset: on_batch(offset + e, b, n, loss))
-        model, history = train(data, cfg, seed + i, None if init is None else init[i % len(init)], step, device)
+        current = resume["current"] if resume is not None and i == len(resume["finished"]) else None
+        epoch_done = None if on_epoch is None else (lambda state: on_epoch({"finished": list(finished), "current": state}))
+        model, history = train(data, cfg, seed + i, None if init is None else init[i % len(init)], step, device,
+                               current, epoch_done)
+        finished.append({"model": _on_cpu(model.state_dict()), "history": history})
         models.append(model)
         histories.append(history)
     return models, histories
+
+
+def epochs_done(state: dict, cfg: CNNConfig) -> int:
+    """How many epochs, across members, a `train_members` state holds."""
+    return len(state["finished"]) * cfg.epochs + len(state["current"]["history"])
+
+
+def write_checkpoint(path: Path, key: dict[str, Any], state: dict) -> None:
+    """Save a training's state with `key` (what it trains on and how), whole or not at all."""
+    _save_whole(path, {"key": key, "state": state})
+
+
+def read_checkpoint(path: Path, key: dict[str, Any]) -> dict | None:
+    """The state saved at `path` by a training with the same `key`, or None when there is none.
+    A checkpoint of another training is refused, never overwritten: it may hold hours of work."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's own message is long, and suggests loading untrusted pickles
+        raise InputError("is not a training checkpoint that loads safely. Delete it to train from the start.", path) from None
+    theirs = saved.get("key", {}) if isinstance(saved, dict) else {}
+    differ = sorted(k for k in key if theirs.get(k) != key[k])
+    if differ:
+        raise InputError(f"is the checkpoint of another training (its {', '.join(differ)} differ from this one's). "
+                         "Re-run that training's command to finish it, give this one another --out, or delete the "
+                         "checkpoint to start this one from the beginning.", path)
+    return saved["state"]
 
 
 def save_weights(out: Path, members: list[PatchCNN], cfg: CNNConfig, seed: int, histories: list[list[float]],
@@ -193,10 +286,15 @@ def save_weights(out: Path, members: list[PatchCNN], cfg: CNNConfig, seed: int, 
 def _write_weights(out: Path, saved: dict) -> None:
     from msnl import __version__
 
+    _save_whole(out, {**saved, "msnl_version": __version__,
+                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+
+
+def _save_whole(out: Path, saved: dict) -> None:
+    """torch.save to a hidden file, renamed into place once whole, so a crash never leaves half a file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
-    torch.save({**saved, "msnl_version": __version__,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, partial)
+    torch.save(saved, partial)
     partial.replace(out)
 
 

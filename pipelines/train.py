@@ -126,14 +126,24 @@ def collect(pairs: list[TrainingPair], *, flair_input: str, context_voxels: int 
     return data
 
 
+def checkpoint_path(out: Path) -> Path:
+    """Where `train_and_save` keeps its training's state while it runs: beside the weights."""
+    return out.with_name(out.name + ".checkpoint")
+
+
 def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, progress: bool = True) -> list[list[float]]:
     """Train `cfg.ensemble_size` members, then write the weights (with seed, data and loss
-    histories in their metadata) and a loss curve; returns one loss history per member."""
+    histories in their metadata) and a loss curve; returns one loss history per member.
+
+    After every epoch the training's state is saved beside `out` (`checkpoint_path`). A
+    training stopped part-way (a crash, a kill, a lost node) and run again with the same data,
+    options, seed and --out goes on from its last whole epoch, to the weights an unbroken run
+    would give; the checkpoint is deleted once the weights are written."""
     from tqdm import tqdm
 
     from msnl.cnn import members_of
-    from msnl.inference import check_candidates, load_weights
-    from msnl.training import device_for, save_weights, train_members
+    from msnl.inference import check_candidates, load_weights, weights_digest
+    from msnl.training import device_for, epochs_done, read_checkpoint, save_weights, train_members, write_checkpoint
 
     init_states = None
     if init is not None:
@@ -141,7 +151,14 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
         if data.step_one is not None:
             check_candidates(meta, data.step_one, init, use="the training pairs' step one made them with")
         init_states = [m.state_dict() for m in members_of(model)]
-    bar = tqdm(total=cfg.epochs * cfg.ensemble_size, desc="train", unit="epoch", disable=not progress)
+    checkpoint = checkpoint_path(out)
+    key = {"config": cfg.to_dict(), "seed": seed, "data": data.digest(),
+           "init": None if init is None else weights_digest(init)}
+    resume = read_checkpoint(checkpoint, key)
+    done = 0 if resume is None else epochs_done(resume, cfg)
+    if resume is not None and progress:
+        print(f"train: going on from {checkpoint} ({done} of {cfg.epochs * cfg.ensemble_size} epochs done)")
+    bar = tqdm(total=cfg.epochs * cfg.ensemble_size, initial=done, desc="train", unit="epoch", disable=not progress)
 
     def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
         bar.set_postfix(batch=f"{i + 1}/{n}", loss=f"{loss:.4f}")
@@ -149,10 +166,12 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
             bar.update(1)
 
     device = device_for()
-    members, histories = train_members(data, cfg, seed, init_states, on_batch, device)
+    members, histories = train_members(data, cfg, seed, init_states, on_batch, device, resume,
+                                       lambda state: write_checkpoint(checkpoint, key, state))
     bar.close()
     save_weights(out, members, cfg, seed, histories, device, data, init)
     loss_curve(histories, seed, out.with_suffix(".loss.png"))
+    checkpoint.unlink(missing_ok=True)
     return histories
 
 

@@ -1,0 +1,98 @@
+"""`msnl train` survives a crash: a training stopped part-way goes on from its last whole epoch
+to the weights an unbroken run gives, and never overwrites another training's checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import msnl.training
+from msnl.cnn import members_of
+from msnl.config import CNNConfig
+from msnl.errors import InputError
+from msnl.inference import load_weights
+from pipelines.train import checkpoint_path, train_and_save
+from tests.test_cnn import _toy_set
+
+# two members of three epochs, eight batches an epoch
+CFG = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=3, batch_size=8, lr_step_epochs=2, patches_per_epoch=64,
+                ensemble_size=2)
+
+
+class PowerCut(Exception):
+    pass
+
+
+def _stop_after(monkeypatch, batches: int) -> None:
+    """Make training fail on batch number `batches` + 1, counted across epochs and members."""
+    loss = msnl.training.training_loss
+    seen = []
+
+    def failing(*args):
+        seen.append(1)
+        if len(seen) > batches:
+            raise PowerCut
+        return loss(*args)
+
+    monkeypatch.setattr(msnl.training, "training_loss", failing)
+
+
+def _states(path):
+    return [m.state_dict() for m in members_of(load_weights(path)[0])]
+
+
+def test_a_stopped_training_goes_on_to_the_weights_of_an_unbroken_run(tmp_path, monkeypatch, capsys):
+    unbroken = train_and_save(_toy_set(), tmp_path / "unbroken.pt", CFG, seed=0, progress=False)
+    assert not checkpoint_path(tmp_path / "unbroken.pt").exists()  # deleted once the weights are written
+
+    out = tmp_path / "w.pt"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 8 * 4 + 3)  # member 0 done, member 1 part-way through its second epoch
+        with pytest.raises(PowerCut):
+            train_and_save(_toy_set(), out, CFG, seed=0, progress=False)
+    assert not out.exists() and checkpoint_path(out).exists()
+
+    resumed = train_and_save(_toy_set(), out, CFG, seed=0)
+    assert "(4 of 6 epochs done)" in capsys.readouterr().out
+    assert resumed == unbroken  # the loss of every epoch, to the last bit
+    for mine, theirs in zip(_states(out), _states(tmp_path / "unbroken.pt"), strict=True):
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not checkpoint_path(out).exists()
+
+
+def test_a_stop_between_members_goes_on_with_the_next_member(tmp_path, monkeypatch):
+    unbroken = train_and_save(_toy_set(), tmp_path / "unbroken.pt", CFG, seed=0, progress=False)
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 8 * 3)  # member 0's last epoch saved, member 1 not begun
+        with pytest.raises(PowerCut):
+            train_and_save(_toy_set(), tmp_path / "w.pt", CFG, seed=0, progress=False)
+    assert train_and_save(_toy_set(), tmp_path / "w.pt", CFG, seed=0, progress=False) == unbroken
+
+
+def test_another_trainings_checkpoint_is_refused_and_kept(tmp_path, monkeypatch):
+    out = tmp_path / "w.pt"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 8)
+        with pytest.raises(PowerCut):
+            train_and_save(_toy_set(), out, CFG, seed=0, progress=False)
+    saved = checkpoint_path(out).read_bytes()
+    init = tmp_path / "init.pt"
+    train_and_save(_toy_set(), init, replace(CFG, epochs=1, ensemble_size=1), seed=0, progress=False)
+    for data, cfg, seed, start, differ in [(_toy_set(), CFG, 1, None, "seed"), (_toy_set(n=40), CFG, 0, None, "data"),
+                                           (_toy_set(), replace(CFG, epochs=4), 0, None, "config"),
+                                           (_toy_set(), CFG, 0, init, "init")]:
+        with pytest.raises(InputError, match=f"another training \\(its {differ} differ") as error:
+            train_and_save(data, out, cfg, seed=seed, init=start, progress=False)
+        assert str(checkpoint_path(out)) in str(error.value) and "delete the checkpoint" in str(error.value)
+    assert checkpoint_path(out).read_bytes() == saved and not out.exists()
+
+
+def test_an_unreadable_checkpoint_names_the_file_and_the_fix(tmp_path):
+    out = tmp_path / "w.pt"
+    checkpoint_path(out).write_bytes(b"half a file")
+    with pytest.raises(InputError, match="not a training checkpoint that loads safely. Delete it") as error:
+        train_and_save(_toy_set(), out, CFG, seed=0, progress=False)
+    assert str(checkpoint_path(out)) in str(error.value)
