@@ -157,7 +157,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import evaluate, format_report, to_json
 
-    report = evaluate(args.pred, args.truth)
+    report = evaluate(args.pred, args.truth, args.desc)
     print(to_json(report) if args.json else format_report(report))
     return 0
 
@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arms and their mean new lesions per interval, drawn negative-binomially "
                    "(default placebo:3,active:0.8); subjects are assigned to arms in turn")
     p.add_argument("--lesion-free-share", type=float, default=0.2,
-                   help="share of subjects with no new lesion at all (default 0.2; subject 1 is always lesion-free)")
+                   help="share of subjects with no new lesion at all (default 0.2); subject 1 is always lesion-free and "
+                   "subject 2 never (it has one or two new lesions per interval)")
     p.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
     p.add_argument("--interval-days", type=int, default=365, help="mean days between visits (default 365)")
     p.add_argument("--protocol", choices=["mixed", "2d"], default="mixed",
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("pred", help="a NIfTI mask, or a folder of BIDS-named masks (sub-<id>_ses-<id>_...)")
     p.add_argument("truth", help="the same, for the truth; matched by subject and session")
+    p.add_argument("--desc", metavar="LABEL", default=None,
+                   help="in folders, use only masks named with desc-LABEL, e.g. --desc newlesions for a simulated "
+                   "cohort's derivatives/msnl-simulate, which also holds each visit's desc-lesions mask")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=_cmd_evaluate)
 

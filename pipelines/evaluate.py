@@ -14,8 +14,10 @@ from msnl.resample import resample_labels
 from storage.masks import find_masks, read_mask
 
 
-def evaluate(pred: str | Path, truth: str | Path) -> dict:
-    preds, truths = find_masks(pred), find_masks(truth)
+def evaluate(pred: str | Path, truth: str | Path, desc: str | None = None) -> dict:
+    """Scores of every prediction against its truth; in folders, only masks with `desc-<desc>`
+    in their names when `desc` is given."""
+    preds, truths = find_masks(pred, desc), find_masks(truth, desc)
     if len(preds) == 1 and len(truths) == 1:
         pairs = [(next(iter(preds)), next(iter(preds.values())), next(iter(truths.values())))]
     else:

@@ -14,8 +14,10 @@ from msnl.scan import LabelMap
 _ENTITIES = re.compile(r"sub-(?P<subject>[A-Za-z0-9]+)(?:_ses-(?P<session>[A-Za-z0-9]+))?")
 
 
-def find_masks(path: str | Path) -> dict[tuple[str, str], Path]:
-    """(subject, session) -> mask file. A single file maps from ("", "")."""
+def find_masks(path: str | Path, desc: str | None = None) -> dict[tuple[str, str], Path]:
+    """(subject, session) -> mask file. A single file maps from ("", ""). In a folder, `desc`
+    keeps only the masks named with that BIDS `desc-` label (a simulated cohort's derivatives
+    hold both `desc-lesions` and `desc-newlesions` masks)."""
     path = Path(path)
     if path.is_file():
         return {("", ""): path}
@@ -24,14 +26,16 @@ def find_masks(path: str | Path) -> dict[tuple[str, str], Path]:
     found: dict[tuple[str, str], Path] = {}
     for f in sorted(path.rglob("*.nii*")):
         m = _ENTITIES.search(f.name)
-        if not m:
+        if not m or (desc is not None and f"_desc-{desc}_" not in f.name):
             continue
         key = (m["subject"], m["session"] or "")
         if key in found:
-            raise InputError(f"holds two masks for sub-{key[0]} ses-{key[1]}: {found[key].name} and {f.name}. Keep one.", path)
+            raise InputError(f"holds two masks for sub-{key[0]} ses-{key[1]}: {found[key].name} and {f.name}. Keep "
+                             "one, or choose by the desc- label in their names (msnl evaluate --desc newlesions).", path)
         found[key] = f
     if not found:
-        raise InputError("holds no BIDS-named masks (sub-<id>[_ses-<id>]_..._mask.nii.gz).", path)
+        which = "BIDS-named masks" if desc is None else f"BIDS-named masks with desc-{desc}"
+        raise InputError(f"holds no {which} (sub-<id>[_ses-<id>]_..._mask.nii.gz).", path)
     return found
 
 

@@ -53,6 +53,25 @@ def test_bids_folders_match_by_subject_and_session_and_count_fps_on_lesion_free_
     assert summary["lesion_sensitivity"] == 1.0 and summary["lesion_ppv"] == 0.5
 
 
+def test_desc_picks_the_new_lesion_masks_of_a_simulated_cohorts_derivatives(tmp_path, capsys):
+    shape = (16, 16, 16)
+    new, old = _cube(shape, np.s_[2:6, 2:6, 2:6]), _cube(shape, np.s_[10:13, 10:13, 10:13])
+    truth = tmp_path / "derivatives/msnl-simulate/sub-01"
+    _save(truth / "ses-01/anat/sub-01_ses-01_desc-lesions_mask.nii.gz", old)
+    _save(truth / "ses-02/anat/sub-01_ses-02_desc-lesions_mask.nii.gz", new | old)  # every lesion at visit 2
+    _save(truth / "ses-02/anat/sub-01_ses-02_desc-newlesions_mask.nii.gz", new)
+    _save(tmp_path / "pred/sub-01_ses-02_desc-newlesions_mask.nii.gz", new)
+    args = ["evaluate", "--json", str(tmp_path / "pred"), str(truth.parent)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds two masks for sub-01 ses-02" in err and "--desc newlesions" in err
+    assert main(args + ["--desc", "newlesions"]) == 0
+    pair = json.loads(capsys.readouterr().out)["pairs"][0]
+    assert pair["truth"].endswith("sub-01_ses-02_desc-newlesions_mask.nii.gz") and pair["dice"] == 1.0
+    assert main(args + ["--desc", "enhancing"]) == 2
+    assert "holds no BIDS-named masks with desc-enhancing" in capsys.readouterr().err
+
+
 def test_prediction_on_another_grid_is_resampled_through_world_coordinates(tmp_path, capsys):
     truth = _save(tmp_path / "t.nii.gz", _cube((20, 20, 20), np.s_[4:8, 4:8, 4:8]))
     shifted = np.eye(4)
