@@ -26,7 +26,7 @@ def find_masks(path: str | Path, desc: str | None = None) -> dict[tuple[str, str
     found: dict[tuple[str, str], Path] = {}
     for f in sorted(path.rglob("*.nii*")):
         m = _ENTITIES.search(f.name)
-        if not m or (desc is not None and f"_desc-{desc}_" not in f.name):
+        if not m or (desc is not None and not re.search(rf"_desc-{re.escape(desc)}[_.]", f.name)):
             continue
         key = (m["subject"], m["session"] or "")
         if key in found:

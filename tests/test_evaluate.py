@@ -60,7 +60,7 @@ def test_desc_picks_the_new_lesion_masks_of_a_simulated_cohorts_derivatives(tmp_
     _save(truth / "ses-01/anat/sub-01_ses-01_desc-lesions_mask.nii.gz", old)
     _save(truth / "ses-02/anat/sub-01_ses-02_desc-lesions_mask.nii.gz", new | old)  # every lesion at visit 2
     _save(truth / "ses-02/anat/sub-01_ses-02_desc-newlesions_mask.nii.gz", new)
-    _save(tmp_path / "pred/sub-01_ses-02_desc-newlesions_mask.nii.gz", new)
+    _save(tmp_path / "pred/sub-01_ses-02_desc-newlesions.nii.gz", new)  # desc- may end the name
     args = ["evaluate", "--json", str(tmp_path / "pred"), str(truth.parent)]
     assert main(args) == 2
     err = capsys.readouterr().err
