@@ -264,7 +264,8 @@ def read_checkpoint(path: Path, key: dict[str, Any]) -> dict | None:
     theirs = saved.get("key", {}) if isinstance(saved, dict) else {}
     differ = sorted(k for k in key if theirs.get(k) != key[k])
     if differ:
-        raise InputError(f"is the checkpoint of another training (its {', '.join(differ)} differ from this one's). "
+        verb = "differs" if len(differ) == 1 else "differ"
+        raise InputError(f"is the checkpoint of another training (its {' and '.join(differ)} {verb} from this one's). "
                          "Re-run that training's command to finish it, give this one another --out, or delete the "
                          "checkpoint to start this one from the beginning.", path)
     return saved["state"]

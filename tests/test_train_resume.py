@@ -84,7 +84,7 @@ def test_another_trainings_checkpoint_is_refused_and_kept(tmp_path, monkeypatch)
     for data, cfg, seed, start, differ in [(_toy_set(), CFG, 1, None, "seed"), (_toy_set(n=40), CFG, 0, None, "data"),
                                            (_toy_set(), replace(CFG, epochs=4), 0, None, "config"),
                                            (_toy_set(), CFG, 0, init, "init")]:
-        with pytest.raises(InputError, match=f"another training \\(its {differ} differ") as error:
+        with pytest.raises(InputError, match=f"another training \\(its {differ} differs from") as error:
             train_and_save(data, out, cfg, seed=seed, init=start, progress=False)
         assert str(checkpoint_path(out)) in str(error.value) and "delete the checkpoint" in str(error.value)
     assert checkpoint_path(out).read_bytes() == saved and not out.exists()
