@@ -23,19 +23,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cnn import REAL, _grid, _on_truth_grid  # noqa: E402  (benchmarks/cnn.py)
+from msnl.inference import boxes_of  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
 from msnl.scan import LabelMap  # noqa: E402
 from pipelines.train import prepare_pairs  # noqa: E402
-from storage.pairs import read_candidates, read_pair_array  # noqa: E402
+from storage.pairs import read_candidate_table, read_pair_array  # noqa: E402
 
 
 def reach(pair) -> dict[str, tuple[int, int]]:
     """(detected, scored truth lesions) for the candidate voxels and for the union of the boxes."""
     grid = _grid(pair)
-    table, _ = read_candidates(pair.store, pair.subject, pair.from_visit, pair.to_visit, flair_input="grey_levels")
     boxes = np.zeros(grid.data.shape, bool)
-    for row in table.itertuples():
-        boxes[row.lo_i:row.hi_i, row.lo_j:row.hi_j, row.lo_k:row.hi_k] = True
+    for lo, hi in boxes_of(read_candidate_table(pair.store, pair.subject, pair.from_visit, pair.to_visit)):
+        boxes[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
     candidates = read_pair_array(pair.store, pair.subject, pair.from_visit, pair.to_visit, "candidates") > 0
     out = {}
     for name, mask in (("candidates", candidates), ("boxes", boxes)):

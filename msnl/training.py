@@ -277,7 +277,7 @@ def save_weights(out: Path, members: list[PatchCNN], cfg: CNNConfig, seed: int, 
     with the config, seed (member i used seed + i), loss histories, device and data in its
     metadata. It is renamed into place once whole, so a crash never leaves half a file."""
     _write_weights(out, {
-        "state_dicts": [{k: v.cpu() for k, v in m.state_dict().items()} for m in members],
+        "state_dicts": [_on_cpu(m.state_dict()) for m in members],
         "config": cfg.to_dict(), "seed": seed, "histories": histories, "device": str(device),
         "data": sorted(set(data.sources)), "patches": len(data), "tp_patches": int(data.is_tp.sum()),
         "init": None if init is None else str(init), "step_one": data.step_one,
@@ -333,7 +333,7 @@ def combine_weights(paths: list[Path], out: Path, inference: dict[str, Any] | No
             raise InputError(f"has seed {meta.get('seed')}, but the files before it end at seed {seed - 1}: members "
                              "need consecutive seeds (member i has seed + i), so train the missing seed.", path)
         members = members_of(model)
-        states += [{k: v.cpu() for k, v in m.state_dict().items()} for m in members]
+        states += [_on_cpu(m.state_dict()) for m in members]
         histories += meta.get("histories") or [meta.get("history", [])] * len(members)
         sources.append({"file": path.name, "sha256": weights_digest(path), "seed": seed, "members": len(members),
                         "created": meta.get("created")})

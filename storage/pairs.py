@@ -154,6 +154,16 @@ def read_pair_attrs(store: str | Path, subject: str, from_visit: str, to_visit: 
     return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
 
 
+def read_candidate_table(store: str | Path, subject: str, from_visit: str, to_visit: str) -> pd.DataFrame:
+    """The candidates table of a processed pair (one row per candidate, with its box), without
+    the patches."""
+    path = store_path(store) / pair_key(subject, from_visit, to_visit)
+    attrs = read_pair_attrs(store, subject, from_visit, to_visit)
+    if attrs is None or attrs.get("status") != "ok":
+        raise StoreError(f"{path}: no step-one result ({'missing' if attrs is None else attrs.get('status')}).")
+    return xr.open_zarr(path, group="table", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
+
+
 def read_candidates(store: str | Path, subject: str, from_visit: str, to_visit: str,
                     *, flair_input: str, context_voxels: int = 0) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """The candidates table and the patch arrays (channels x bounding box) of a processed pair.
@@ -161,13 +171,11 @@ def read_candidates(store: str | Path, subject: str, from_visit: str, to_visit: 
     FLAIR channels hold the stored FLAIRs in continuous grey-level units, with "grey_levels"
     step one's grey levels. `context_voxels` (CNNConfig.context_voxels) grows every box by that
     many voxels on each side and crops the patches again from the stored images."""
-    path = store_path(store) / pair_key(subject, from_visit, to_visit)
-    attrs = read_pair_attrs(store, subject, from_visit, to_visit)
-    if attrs is None or attrs.get("status") != "ok":
-        raise StoreError(f"{path}: no step-one result ({'missing' if attrs is None else attrs.get('status')}).")
     if flair_input not in ("grey_levels", "intensities"):
         raise StoreError(f"flair_input must be 'grey_levels' or 'intensities', got {flair_input!r}")
-    table = xr.open_zarr(path, group="table", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
+    table = read_candidate_table(store, subject, from_visit, to_visit)
+    path = store_path(store) / pair_key(subject, from_visit, to_visit)
+    attrs = read_pair_attrs(store, subject, from_visit, to_visit)
     if context_voxels:
         brain = LabelMap(read_pair_array(store, subject, from_visit, to_visit, "brain") > 0, np.asarray(attrs["affine"]))
         table = widen_boxes(table, context_voxels, brain.shape)
