@@ -14,7 +14,7 @@ from dashboard.data import interval_geometry, load_lesions, load_results, load_s
 from dashboard.plots import endpoint_figure, slice_figure, timeline_figure
 from msnl.endpoints import cumulative, filter_results, per_arm_interval, per_patient, rate_ratios
 from msnl.errors import MsnlError
-from msnl.qc import REVIEW_REGISTRATION_CORRELATION
+from msnl.qc import REVIEW_REGISTRATION_CORRELATION, REVIEW_RESOLUTION_RATIO, coarser_visit_one
 
 PAGES = {"overview": "Cohort overview", "endpoints": "Endpoints", "patient": "Patient view"}
 SETTLED = ("ok", "pending", "out_of_range")
@@ -72,7 +72,8 @@ def render_page(page: str, store: str, filters: Filters) -> None:
 def _long(results: xr.Dataset) -> pd.DataFrame:
     """The (subject, interval) grid as rows, only where a subject has that interval."""
     frame = results.reset_coords()[["status", "message", "new_lesion_count", "new_lesion_volume_mm3",
-                                     "n_candidates", "registration_quality", "arm", "site", "end"]].to_dataframe().reset_index()
+                                     "n_candidates", "registration_quality", "from_acquisition", "to_acquisition",
+                                     "resolution_ratio", "arm", "site", "end"]].to_dataframe().reset_index()
     return frame[frame.status.notna() & (frame.status != "")]
 
 
@@ -103,6 +104,7 @@ def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:
     if len(measured):
         st.bar_chart(measured.set_index(measured.subject + " " + measured.interval).registration_quality,
                      y_label="correlation", height=220)
+    acquisition_review(results)
     st.subheader("Counts by arm and site")
     subjects = rows.drop_duplicates("subject")
     left, right = st.columns(2)
@@ -110,6 +112,21 @@ def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:
     left.dataframe(pd.crosstab(subjects.arm, subjects.site, margins=True, margins_name="all"))
     right.caption("Intervals by status")
     right.dataframe(pd.crosstab([rows.arm, rows.site], rows.status))
+
+
+def acquisition_review(results: xr.Dataset) -> None:
+    """Intervals whose visit 1 is sampled much coarser than visit 2: the CNN's known weak spot."""
+    st.subheader("Acquisition changes between visits")
+    st.caption(f"Intervals whose visit 1 is sampled at least {REVIEW_RESOLUTION_RATIO} times coarser than visit 2 "
+               "along a head axis (e.g. axial 3 mm slices, then sagittal ones). On simulated lesion-free pairs the "
+               "shipped CNN found false new lesions only in such intervals (docs/model_card.md): check their "
+               "lesions by eye before counting them.")
+    flagged = coarser_visit_one(results)
+    if len(flagged):
+        st.warning(f"{len(flagged)} processed interval(s) to review: visit 1 coarser than visit 2.")
+        st.dataframe(flagged, hide_index=True, width="stretch")
+    else:
+        st.success("No processed interval is flagged: each visit 1 is sampled about as finely as its visit 2, or finer.")
 
 
 def endpoints(store: str, stamp: tuple, results: xr.Dataset) -> None:
@@ -172,13 +189,18 @@ def patient(store: str, stamp: tuple, results: xr.Dataset) -> None:
     st.caption(f"arm {row0.arm.item()} · site {row0.site.item()}")
     st.pyplot(timeline_figure(rows))
     st.dataframe(rows[["interval", "end_date", "status", "new_lesion_count", "new_lesion_volume_mm3", "n_candidates",
-                       "registration_quality", "message"]], hide_index=True, width="stretch")
+                       "registration_quality", "from_acquisition", "to_acquisition", "message"]], hide_index=True, width="stretch")
     done = rows[rows.status == "ok"]
     if done.empty:
         st.info("No processed interval for this subject yet.")
         return
     interval = st.selectbox("Interval", list(done.interval), key="interval")
     from_visit, to_visit = interval.split("->")
+    chosen = done[done.interval == interval].iloc[0]
+    if chosen.resolution_ratio >= REVIEW_RESOLUTION_RATIO:
+        st.warning(f"Visit {from_visit} ({chosen.from_acquisition}) is sampled {chosen.resolution_ratio:.1f} times coarser "
+                   f"than visit {to_visit} ({chosen.to_acquisition}) along a head axis: the CNN is known to find false "
+                   "new lesions in such intervals. Check each lesion by eye.")
     try:
         shape, affine = interval_geometry(store, stamp, subject, from_visit, to_visit)
     except MsnlError as exc:

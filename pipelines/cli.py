@@ -48,6 +48,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
     from pipelines.demo import DEMO_SUBJECTS, DEMO_VISITS, endpoint_report, run_demo
+    from storage.results import open_results
 
     root = Path(args.dir)
     started = time.perf_counter()
@@ -58,6 +59,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
           f"{len(summary.failed)} failed, in {time.perf_counter() - started:.0f} s\n")
     print(endpoint_report(store))
+    _print_acquisition_changes("demo", open_results(store))
     print(f"\nIn Python: storage.open_results({str(store)!r})")
     print(f"Open the dashboard with:\n\n    msnl dashboard {shlex.quote(str(store))}\n")
     return 1 if summary.failed else 0
@@ -139,11 +141,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _print_failures(summary.failed)
     print(f"run: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
           f"{len(summary.failed)} failed. Results: storage.open_results({str(args.store)!r})")
-    if not args.quiet:
+    if summary.intervals:
         results = open_results(args.store)
-        if results.sizes.get("subject"):
+        if not args.quiet:
             print(results[["new_lesion_count", "new_lesion_volume_mm3", "status"]].to_dataframe().to_string())
+        _print_acquisition_changes("run", results)
     return 1 if summary.failed else 0
+
+
+def _print_acquisition_changes(command: str, results) -> None:
+    from msnl.qc import REVIEW_RESOLUTION_RATIO, coarser_visit_one
+
+    flagged = coarser_visit_one(results)
+    if flagged.empty:
+        return
+    print(f"{command}: {len(flagged)} processed interval(s) to review: visit 1 is sampled at least {REVIEW_RESOLUTION_RATIO} "
+          "times coarser than visit 2, where the CNN is known to find false new lesions (docs/model_card.md):", file=sys.stderr)
+    for row in flagged.itertuples():
+        print(f"  sub-{row.subject} {row.interval}: {row.from_acquisition} -> {row.to_acquisition} "
+              f"({row.resolution_ratio:.1f} times coarser), {row.new_lesion_count} new lesion(s)", file=sys.stderr)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

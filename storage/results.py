@@ -19,6 +19,7 @@ import xarray as xr
 import zarr
 
 from msnl.errors import StoreError
+from msnl.qc import acquisition_label, resolution_ratio
 from storage.cohort import COHORT
 from storage.layout import new_staging_dir, publish, store_path
 from storage.pairs import PAIRS, pair_key
@@ -94,6 +95,9 @@ def open_results(store: str | Path) -> xr.Dataset:
     """Per-interval results over (subject, interval), with arm, site, dates and interval length.
 
     An interval is named "<from-visit>-><to-visit>". Status is "pending" until processed.
+    `from_acquisition` and `to_acquisition` say how each visit was acquired ("axial 3.0 mm
+    slices", "3D 1.0 mm"); `resolution_ratio` is how many times coarser visit 1 is sampled than
+    visit 2 along a head axis (see `msnl.qc.REVIEW_RESOLUTION_RATIO`).
     """
     path = store_path(store)
     if not (path / COHORT / "zarr.json").exists():
@@ -105,6 +109,9 @@ def open_results(store: str | Path) -> xr.Dataset:
         pred = read_prediction_attrs(path, subject, a, b) or {}
         status = pred.get("status") or (step_one.get("status") if step_one.get("status") not in (None, "ok") else "pending")
         qc = step_one.get("qc", {})
+        (orient_a, spacing_a), (orient_b, spacing_b) = (
+            (str(cohort.orientation.sel(subject=subject, visit=v).values), cohort.spacing.sel(subject=subject, visit=v).values)
+            for v in (a, b))
         start = cohort.acquired_on.sel(subject=subject, visit=a).values
         end = cohort.acquired_on.sel(subject=subject, visit=b).values
         rows.append({
@@ -114,6 +121,8 @@ def open_results(store: str | Path) -> xr.Dataset:
             "n_candidates": step_one.get("n_candidates", -1),
             "status": status, "message": pred.get("message") or step_one.get("message", ""),
             "registration_quality": qc.get("registration_correlation", np.nan),
+            "from_acquisition": acquisition_label(orient_a, spacing_a), "to_acquisition": acquisition_label(orient_b, spacing_b),
+            "resolution_ratio": resolution_ratio(orient_a, spacing_a, orient_b, spacing_b),
             "config_hash": step_one.get("config_digest", ""), "weights_hash": pred.get("weights_digest", ""),
             "start": start, "end": end,
         })

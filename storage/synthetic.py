@@ -34,8 +34,12 @@ def _head(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def write_synthetic_store(store: str | Path, subjects: int, visits: int = 3, seed: int = 0,
                           pending_share: float = 0.0, failed_share: float = 0.0, arms: tuple[str, ...] = ("placebo", "active"),
-                          rates: tuple[float, ...] = (3.0, 1.0), sites: int = 3) -> Path:
-    """Write `subjects` x `visits` drawn results into a new store; returns its path."""
+                          rates: tuple[float, ...] = (3.0, 1.0), sites: int = 3, reoriented_share: float = 0.0) -> Path:
+    """Write `subjects` x `visits` drawn results into a new store; returns its path.
+
+    A `reoriented_share` of visits are recorded as sagittal slices instead of axial ones, so
+    their intervals differ in acquisition.
+    """
     rng = np.random.default_rng(seed)
     store = Path(store)
     open_root(store, create=True)
@@ -49,8 +53,10 @@ def write_synthetic_store(store: str | Path, subjects: int, visits: int = 3, see
         start = date(2020, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
         dates = [start + timedelta(days=365 * v + int(rng.integers(-20, 21))) for v in range(visits)]
         for v, when in enumerate(dates):
+            # Drawn only when asked for, so stores made without it keep their draws.
+            orientation = "ASR" if reoriented_share and rng.random() < reoriented_share else "RAS"
             rows.append({"subject": subject, "visit": f"{v + 1:02d}", "sha256": f"{index:060d}{v:04d}", "source_path": "",
-                         "orientation": "RAS", "spacing": list(SPACING), "acquired_on": when.isoformat(), "arm": arm, "site": site})
+                         "orientation": orientation, "spacing": list(SPACING), "acquired_on": when.isoformat(), "arm": arm, "site": site})
         for v in range(1, visits):
             a, b = f"{v:02d}", f"{v + 1:02d}"
             draw = rng.random()

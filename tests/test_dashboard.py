@@ -115,6 +115,39 @@ def test_patient_view_shows_timeline_slices_and_lesions(store, stores, monkeypat
         assert any("x_mm" in d.value.columns for d in at.dataframe) or "No new lesion" in shown_text(at)
 
 
+def test_intervals_whose_first_visit_is_coarser_are_flagged_on_the_overview_and_patient_pages(tmp_path, monkeypatch):
+    import xarray as xr
+
+    store = write_synthetic_store(tmp_path / "mixed.zarr", 8, seed=3, reoriented_share=0.4)
+    cohort = xr.open_zarr(store, group="cohort", zarr_format=3, consolidated=False).load()
+    results = open_results(store)
+    expected = set()  # sagittal 8 mm slices against axial 8 mm ones: twice as coarse on x or z
+    for subject in results.subject.values:
+        for interval in results.interval.values:
+            row = results.sel(subject=subject, interval=interval)
+            if str(row.status.values) == "ok":
+                a, b = str(row.from_visit.values), str(row.to_visit.values)
+                if cohort.orientation.sel(subject=subject, visit=a).item() != cohort.orientation.sel(subject=subject, visit=b).item():
+                    expected.add((str(subject), str(interval)))
+    assert 0 < len(expected) < int((results.status == "ok").sum())
+    at = run_app(store, "overview", monkeypatch)
+    assert_clean(at)
+    table = next(d.value for d in at.dataframe if "resolution_ratio" in d.value.columns)
+    assert set(zip(table.subject, table.interval)) == expected
+    assert (table.resolution_ratio == 2.0).all() and f"{len(expected)} processed interval(s) to review" in shown_text(at)
+
+    subject, interval = sorted(expected)[0]
+    at = run_app(store, "patient", monkeypatch, subject=subject, interval=interval)
+    assert_clean(at)
+    assert "2.0 times coarser" in shown_text(at)
+
+
+def test_a_store_of_alike_visits_flags_none(stores, monkeypatch):
+    at = run_app(stores["complete"], "overview", monkeypatch)
+    assert_clean(at)
+    assert "No processed interval is flagged: each visit 1" in shown_text(at)
+
+
 def test_the_slider_and_subject_choice_rerun_cleanly(stores, monkeypatch):
     at = run_app(stores["complete"], "patient", monkeypatch)
     at.selectbox(key="subject").set_value("004").run()

@@ -34,7 +34,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    store = write_synthetic_store(tmp_path_factory.mktemp("browser") / "store.zarr", 16, seed=5, pending_share=0.1, failed_share=0.1)
+    store = write_synthetic_store(tmp_path_factory.mktemp("browser") / "store.zarr", 16, seed=5, pending_share=0.1, failed_share=0.1,
+                                  reoriented_share=0.2)
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dashboard", str(store), "--port", str(port)],
