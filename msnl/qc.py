@@ -116,4 +116,5 @@ def coarser_visit_one(results: xr.Dataset) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     rows = results[["status", *columns[2:]]].to_dataframe().reset_index()
     flagged = rows[(rows.status == "ok") & (rows.resolution_ratio >= REVIEW_RESOLUTION_RATIO)]
-    return flagged[columns].reset_index(drop=True)
+    # The (subject, interval) grid holds NaN where a subject lacks an interval; flagged ones have counts.
+    return flagged[columns].astype({"new_lesion_count": int}).reset_index(drop=True)

@@ -20,8 +20,14 @@ APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 def test_demo_runs_prints_endpoints_and_the_dashboard_command_then_reruns_as_a_no_op(tmp_path, capsys, monkeypatch):
     root = tmp_path / "demo"
     assert main(["demo", str(root)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "12 intervals: 12 processed, 0 already done, 0 failed" in out
+    # four intervals go from 3 mm slices in one plane to 3 mm slices in another (1 mm in plane)
+    assert "demo: 4 processed interval(s) to review" in captured.err
+    flagged = re.findall(r"^  sub-(\d+) (\S+): (.+) -> (.+) \(3\.0 times coarser\)", captured.err, re.M)
+    assert [f[:2] for f in flagged] == [("001", "01->02"), ("003", "01->02"), ("004", "02->03"), ("005", "01->02")]
+    assert ("sagittal 3.0 mm slices", "axial 3.0 mm slices") == flagged[0][2:]
     assert re.search(r"^placebo\s+01->02\s+3\s+0", out, re.M) and re.search(r"^active\s+02->03\s+3\s+0", out, re.M)
     assert "rate ratio active vs placebo" in out
     command = re.search(r"^\s+(msnl dashboard \S+)$", out, re.M).group(1)

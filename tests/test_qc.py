@@ -66,7 +66,7 @@ def results(status, ratio) -> xr.Dataset:
             "resolution_ratio": (dims, np.asarray(ratio, float)),
             "from_acquisition": (dims, np.full(status.shape, "sagittal 3.0 mm slices", object)),
             "to_acquisition": (dims, np.full(status.shape, "axial 3.0 mm slices", object)),
-            "new_lesion_count": (dims, np.arange(status.size).reshape(status.shape)),
+            "new_lesion_count": (dims, np.where(status == "ok", np.arange(status.size).reshape(status.shape), np.nan)),
         },
         coords={"subject": ["001", "002"], "interval": ["01->02", "02->03"],
                 "arm": ("subject", np.array(["placebo", "active"], object))},
@@ -79,7 +79,7 @@ def test_only_processed_intervals_at_or_over_the_ratio_are_flagged():
     assert list(zip(flagged.subject, flagged.interval)) == [("001", "01->02")]
     assert list(flagged.columns) == ["subject", "interval", "from_acquisition", "to_acquisition", "resolution_ratio",
                                      "new_lesion_count"]
-    assert flagged.new_lesion_count.tolist() == [0]
+    assert flagged.new_lesion_count.tolist() == [0] and flagged.new_lesion_count.dtype.kind == "i"
 
 
 def test_no_interval_gives_an_empty_table_with_the_columns():
