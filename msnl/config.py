@@ -32,9 +32,14 @@ class _Serialisable:
             raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
+    # Optional steps added after results were first stored: left at None (off) they are not
+    # part of the digest, so results made before they existed keep their keys.
+    _OFF_WHEN_NONE: tuple[str, ...] = ()
+
     def digest(self) -> str:
         """SHA-256 of the configuration, the key under which its results are stored."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        values = {k: v for k, v in self.to_dict().items() if not (k in self._OFF_WHEN_NONE and v is None)}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,13 @@ class StepOneConfig(_Serialisable):
     # Quality control (ours): plainly failed registration or implausible brain masks.
     min_registration_correlation: float = 0.5
     brain_volume_ml: tuple[float, float] = (600.0, 2500.0)
+    # Ours, off by default (the paper has no such step): where visit 1's voxels reach at least
+    # this many times further than visit 2's along one of visit 2's axes (thick slices across a
+    # direction visit 2 resolves), box-average visit 2 along it over visit 1's reach, so that
+    # sharp visit-2 tissue does not look new. docs/benchmarks.md has figures with and without.
+    match_resolution_ratio: float | None = None
+
+    _OFF_WHEN_NONE = ("match_resolution_ratio",)
 
     def __post_init__(self) -> None:
         checks = {
@@ -87,6 +99,7 @@ class StepOneConfig(_Serialisable):
             "brain_mask_threshold": 0 < self.brain_mask_threshold < 1,
             "brain_volume_ml": 0 <= self.brain_volume_ml[0] < self.brain_volume_ml[1],
             "n4_shrink_factor": self.n4_shrink_factor >= 1,
+            "match_resolution_ratio": self.match_resolution_ratio is None or self.match_resolution_ratio >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+from scipy import ndimage
 
 from msnl.antsio import from_ants, to_ants
 from msnl.scan import LabelMap, Scan
@@ -82,6 +83,35 @@ def _compose(transform_files: list[str]) -> np.ndarray:
         m[:3, 3] = params[9:12] + centre - m[:3, :3] @ centre
         total = total @ m
     return total
+
+
+def voxel_reach_mm(affine: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """How far one voxel of the grid `affine` reaches along each unit vector (rows of
+    `directions`), in mm: its spacing along an axis it is aligned with."""
+    return np.abs(directions @ affine[:3, :3]).sum(axis=1)
+
+
+def box_weights(width: float) -> np.ndarray:
+    """A box `width` voxels wide centred on a voxel, as weights per voxel (the end voxels get
+    the part they overlap), summing to 1."""
+    reach = int(np.ceil(width / 2 - 0.5))
+    k = np.arange(-reach, reach + 1)
+    overlap = np.clip(np.minimum(k + 0.5, width / 2) - np.maximum(k - 0.5, -width / 2), 0.0, None)
+    return overlap / overlap.sum()
+
+
+def match_resolution(fine: Scan, coarse: Scan, min_ratio: float) -> Scan:
+    """`fine` box-averaged along each of its voxel axes where `coarse`'s voxels reach at least
+    `min_ratio` times further, over the length of `coarse`'s reach, so both scans hold the same
+    partial volume across thick slices. Affine unchanged; the small head rotation between
+    visits is ignored."""
+    spacing = np.linalg.norm(fine.affine[:3, :3], axis=0)
+    ratios = voxel_reach_mm(coarse.affine, (fine.affine[:3, :3] / spacing).T) / spacing
+    data = fine.data
+    for axis, ratio in enumerate(ratios):
+        if ratio >= min_ratio:
+            data = ndimage.correlate1d(data, box_weights(float(ratio)), axis=axis, mode="nearest")
+    return Scan(data.astype(np.float32, copy=False), fine.affine)
 
 
 def histogram_match(source: Scan, reference: Scan, brain: LabelMap, bins: int = 255, points: int = 64) -> Scan:

@@ -20,7 +20,7 @@ from msnl.brain_mask import brain_mask, mask_model_version
 from msnl.candidates import Candidates, detect_candidates, extract_patches
 from msnl.config import StepOneConfig
 from msnl.distance_maps import DistanceMaps, distance_maps
-from msnl.preprocess import discretise, grey_level_edges, histogram_match, n4, register_rigid_then_affine
+from msnl.preprocess import discretise, grey_level_edges, histogram_match, match_resolution, n4, register_rigid_then_affine
 from msnl.qc import brain_correlation, check_brain_volume, check_registration
 from msnl.scan import LabelMap, Scan
 
@@ -94,6 +94,9 @@ def run_step_one_corrected(v1: Scan, v2: Scan, cfg: StepOneConfig | None = None,
     """Step one after N4: both visits already bias-corrected by `correct_visit`."""
     cfg = cfg or StepOneConfig()
     timer = timer or StageTimer()
+    if cfg.match_resolution_ratio is not None:
+        with timer.stage("match_resolution", "ours"):
+            v2 = match_resolution(v2, v1, cfg.match_resolution_ratio)
     with timer.stage("registration", "ants"):
         reg = register_rigid_then_affine(v1, v2, cfg.registration_seed)
     with timer.stage("brain_mask", "mask_model"):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from msnl.config import StepOneConfig
+from msnl.config import ConfigError, StepOneConfig
 from msnl.errors import QualityControlError
-from msnl.preprocess import continuous_levels, discretise, histogram_match, register_rigid_then_affine
+from msnl.preprocess import (box_weights, continuous_levels, discretise, histogram_match, match_resolution,
+                             register_rigid_then_affine)
 from msnl.scan import LabelMap
 from msnl.scan import Scan
 from msnl.step_one import StageTimer, run_step_one
@@ -64,6 +65,83 @@ def test_continuous_levels_round_to_the_grey_levels_and_keep_what_is_above_the_t
     np.testing.assert_allclose(continuous, [0.5, 1.0, 1.49, 1.5, 4.0, 6.4, 6.7, 8.0, 8.0, 0.0], atol=1e-5)
     np.testing.assert_array_equal(np.clip(np.floor(continuous[brain] + 0.5), 1, 6), levels[brain])
     assert levels[5] == levels[6] == 6 and continuous[6] > continuous[5]  # the top level still has contrast
+
+
+def _impulse(shape=(9, 9, 9)) -> Scan:
+    data = np.zeros(shape, np.float32)
+    data[4, 4, 4] = 90.0
+    return Scan(data, np.diag([1.0, 1.0, 1.0, 1.0]))
+
+
+def _sagittal_slices(step_x: float, sign: float = 1.0) -> np.ndarray:
+    """Voxel axes along y and z at 0.9 mm, then across slices along x."""
+    affine = np.zeros((4, 4))
+    affine[1, 0], affine[2, 1], affine[0, 2], affine[3, 3] = 0.9, 0.9, sign * step_x, 1.0
+    return affine
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_match_resolution_averages_visit_two_only_across_visit_one_thick_slices(sign):
+    fine = _impulse()
+    coarse = Scan(np.zeros((4, 4, 4), np.float32), _sagittal_slices(3.0, sign))
+    matched = match_resolution(fine, coarse, 1.5)
+    profile_x, profile_y, profile_z = matched.data[:, 4, 4], matched.data[4, :, 4], matched.data[4, 4, :]
+    np.testing.assert_allclose(profile_x[3:6], 30.0)  # spread over visit 1's 3 mm, one voxel each side
+    assert profile_x[[2, 6]].max() == 0 and profile_y[[3, 5]].max() == 0 and profile_z[[3, 5]].max() == 0
+    assert matched.data.sum() == pytest.approx(90.0) and np.array_equal(matched.affine, fine.affine)
+
+
+@pytest.mark.parametrize(("width", "weights"), [(1.0, [1.0]), (3.0, [1 / 3] * 3), (4.0, [0.125, 0.25, 0.25, 0.25, 0.125]),
+                                               (3.5, [0.25 / 3.5, 1 / 3.5, 1 / 3.5, 1 / 3.5, 0.25 / 3.5])])
+def test_box_weights_are_a_centred_box_of_that_width(width, weights):
+    np.testing.assert_allclose(box_weights(width), weights)
+
+
+def test_match_resolution_leaves_visit_two_alone_below_the_ratio():
+    fine = _impulse()
+    for coarse_affine, ratio in ((_sagittal_slices(3.0), 3.5), (_sagittal_slices(1.2), 1.5), (np.diag([0.5, 0.5, 0.5, 1.0]), 1.5)):
+        matched = match_resolution(fine, Scan(np.zeros((4, 4, 4), np.float32), coarse_affine), ratio)
+        np.testing.assert_array_equal(matched.data, fine.data)
+
+
+def test_resolution_matching_is_off_by_default_and_keeps_the_results_keys():
+    import hashlib
+    import json
+
+    paper = StepOneConfig()
+    assert paper.match_resolution_ratio is None
+    values = paper.to_dict()
+    del values["match_resolution_ratio"]  # results stored before the option existed keep their keys
+    assert paper.digest() == hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    assert StepOneConfig(match_resolution_ratio=1.5).digest() != paper.digest()
+    with pytest.raises(ConfigError, match="match_resolution_ratio=0.5"):
+        StepOneConfig(match_resolution_ratio=0.5)
+
+
+def test_step_one_matches_visit_two_to_visit_one_only_when_asked(anatomy, monkeypatch):
+    import msnl.step_one as step_one
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def stop_at_registration(*args, **kwargs):
+        raise Stop
+
+    def recording_match(fine, coarse, ratio):
+        calls.append((fine, coarse, ratio))
+        return fine
+
+    monkeypatch.setattr(step_one, "register_rigid_then_affine", stop_at_registration)
+    monkeypatch.setattr(step_one, "match_resolution", recording_match)
+    flair1, flair2, _ = _planted_pair(anatomy)
+    for cfg in (StepOneConfig(), StepOneConfig(match_resolution_ratio=1.5)):
+        timer = StageTimer()
+        with pytest.raises(Stop):
+            step_one.run_step_one_corrected(flair1, flair2, cfg, timer)
+        assert ("match_resolution" in timer.seconds) == (cfg.match_resolution_ratio is not None)
+    assert len(calls) == 1 and calls[0][0] is flair2 and calls[0][1] is flair1 and calls[0][2] == 1.5
 
 
 def test_step_one_finds_the_planted_lesion(anatomy):
