@@ -79,10 +79,11 @@ class StepOneConfig(_Serialisable):
     # Quality control (ours): plainly failed registration or implausible brain masks.
     min_registration_correlation: float = 0.5
     brain_volume_ml: tuple[float, float] = (600.0, 2500.0)
-    # Ours, off by default (the paper has no such step): where visit 1's voxels reach at least
-    # this many times further than visit 2's along one of visit 2's axes (thick slices across a
-    # direction visit 2 resolves), box-average visit 2 along it over visit 1's reach, so that
-    # sharp visit-2 tissue does not look new. docs/benchmarks.md has figures with and without.
+    # Ours, off by default (the paper has no such step): where one visit's voxels reach at least
+    # this many times further than the other's along one of the other's axes (thick slices
+    # across a direction the other visit resolves), box-average the other along it over that
+    # reach, so tissue that one visit resolves and the other blurs does not look new or gone.
+    # docs/benchmarks.md has figures with and without.
     match_resolution_ratio: float | None = None
 
     _OFF_WHEN_NONE = ("match_resolution_ratio",)

@@ -96,7 +96,8 @@ def run_step_one_corrected(v1: Scan, v2: Scan, cfg: StepOneConfig | None = None,
     timer = timer or StageTimer()
     if cfg.match_resolution_ratio is not None:
         with timer.stage("match_resolution", "ours"):
-            v2 = match_resolution(v2, v1, cfg.match_resolution_ratio)
+            v1, v2 = (match_resolution(v1, v2, cfg.match_resolution_ratio),
+                      match_resolution(v2, v1, cfg.match_resolution_ratio))
     with timer.stage("registration", "ants"):
         reg = register_rigid_then_affine(v1, v2, cfg.registration_seed)
     with timer.stage("brain_mask", "mask_model"):

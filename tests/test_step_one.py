@@ -118,7 +118,7 @@ def test_resolution_matching_is_off_by_default_and_keeps_the_results_keys():
         StepOneConfig(match_resolution_ratio=0.5)
 
 
-def test_step_one_matches_visit_two_to_visit_one_only_when_asked(anatomy, monkeypatch):
+def test_step_one_matches_each_visit_to_the_other_only_when_asked(anatomy, monkeypatch):
     import msnl.step_one as step_one
 
     class Stop(Exception):
@@ -141,7 +141,8 @@ def test_step_one_matches_visit_two_to_visit_one_only_when_asked(anatomy, monkey
         with pytest.raises(Stop):
             step_one.run_step_one_corrected(flair1, flair2, cfg, timer)
         assert ("match_resolution" in timer.seconds) == (cfg.match_resolution_ratio is not None)
-    assert len(calls) == 1 and calls[0][0] is flair2 and calls[0][1] is flair1 and calls[0][2] == 1.5
+    # each visit is matched to the other as it was acquired
+    assert [(fine, coarse, ratio) for fine, coarse, ratio in calls] == [(flair1, flair2, 1.5), (flair2, flair1, 1.5)]
 
 
 def test_step_one_finds_the_planted_lesion(anatomy):
