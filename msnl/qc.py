@@ -63,7 +63,8 @@ THICK_SLICE_RATIO = 1.5
 # Ours: intervals whose visit 1 is at least this many times coarser than visit 2 along a head
 # axis are flagged for review. On simulated lesion-free pairs the shipped CNN found false new
 # lesions only in such intervals (docs/model_card.md): thick slices blur visit 1 where visit 2 is
-# sharp. Set from 9 pairs, so a warning, not a calibrated rule.
+# sharp. Set from a few dozen simulated intervals (docs/benchmarks.md), so a warning, not a
+# calibrated rule.
 REVIEW_RESOLUTION_RATIO = 1.5
 
 _HEAD_AXIS = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
