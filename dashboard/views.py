@@ -73,7 +73,7 @@ def _long(results: xr.Dataset) -> pd.DataFrame:
     """The (subject, interval) grid as rows, only where a subject has that interval."""
     frame = results.reset_coords()[["status", "message", "new_lesion_count", "new_lesion_volume_mm3",
                                      "n_candidates", "registration_quality", "from_acquisition", "to_acquisition",
-                                     "resolution_ratio", "arm", "site", "end"]].to_dataframe().reset_index()
+                                     "arm", "site", "end"]].to_dataframe().reset_index()
     return frame[frame.status.notna() & (frame.status != "")]
 
 
@@ -196,8 +196,9 @@ def patient(store: str, stamp: tuple, results: xr.Dataset) -> None:
         return
     interval = st.selectbox("Interval", list(done.interval), key="interval")
     from_visit, to_visit = interval.split("->")
-    chosen = done[done.interval == interval].iloc[0]
-    if chosen.resolution_ratio >= REVIEW_RESOLUTION_RATIO:
+    flagged = coarser_visit_one(results.sel(subject=[subject]))
+    if interval in set(flagged.interval):
+        chosen = flagged[flagged.interval == interval].iloc[0]
         st.warning(f"Visit {from_visit} ({chosen.from_acquisition}) is sampled {chosen.resolution_ratio:.1f} times coarser "
                    f"than visit {to_visit} ({chosen.to_acquisition}) along a head axis: the CNN is known to find false "
                    "new lesions in such intervals. Check each lesion by eye.")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from msnl.acquisition import ORIENTATIONS
 from msnl.config import StepOneConfig
 from msnl.errors import QualityControlError
 from msnl.scan import LabelMap, Scan
@@ -68,7 +69,7 @@ THICK_SLICE_RATIO = 1.5
 REVIEW_RESOLUTION_RATIO = 1.5
 
 _HEAD_AXIS = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
-_PLANE = ("sagittal", "coronal", "axial")  # slices stacked along x, y, z
+_PLANE = {axis: name for name, axis in ORIENTATIONS.items()}  # slices stacked along x, y, z
 
 
 def head_axis_steps_mm(orientation: str, spacing: Sequence[float]) -> np.ndarray:
