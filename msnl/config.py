@@ -114,10 +114,11 @@ class StepOneConfig(_Serialisable):
 
 
 # Step one's fields that shape the CNN's input: the grey levels, which voxels become candidates,
-# and the patch cut round each. The rest (N4, registration, mask, QC) changes the images a
-# little, not the kind of patch the network learnt from.
+# the patch cut round each, and resolution matching (it blurs what the patches hold). The rest
+# (N4, registration, mask, QC) changes the images a little, not the kind of patch the network
+# learnt from.
 CANDIDATE_FIELDS = ("grey_levels", "grey_level_percentile", "ratio_threshold", "opening_radius_mm",
-                    "min_component_mm3", "brain_erosion_mm", "patch_padding_voxels")
+                    "min_component_mm3", "brain_erosion_mm", "patch_padding_voxels", "match_resolution_ratio")
 
 
 @dataclass(frozen=True)

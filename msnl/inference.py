@@ -5,6 +5,7 @@ Arrays in (patches, bounding boxes, visit 2's grid), a new-lesion mask and a les
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 from itertools import combinations
@@ -79,7 +80,7 @@ def check_candidates(meta: dict[str, Any], settings: dict[str, Any], path: str |
     if differ:
         was = ", ".join(f"{name}={trained[name]}" for name in differ)
         now = ", ".join(f"{name}={settings[name]}" for name in differ)
-        fix = " ".join(f"--step-one {name}={trained[name]}" for name in differ)
+        fix = " ".join(f"--step-one {name}={json.dumps(trained[name])}" for name in differ)  # as --step-one parses
         raise InputError(
             f"these weights were trained on step-one candidates made with {was}, but {use} {now}. Use the "
             f"weights' values ({fix}), or train weights on candidates made the new way with `msnl train`.",

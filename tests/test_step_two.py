@@ -3,6 +3,7 @@ are saved with their metadata, fine-tuned with --init, and the shipped ones load
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +16,7 @@ from msnl.config import CNNConfig, StepOneConfig
 from msnl.errors import InputError
 from msnl.inference import default_weights_path, load_weights, segment, trained_candidates
 from msnl.scan import LabelMap
-from pipelines.train import train_and_save
+from pipelines.train import step_one_config, train_and_save
 from tests.test_cnn import _toy_set
 
 TINY = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=3, batch_size=8, lr_step_epochs=10, patches_per_epoch=None)
@@ -191,8 +192,18 @@ def test_weights_record_step_ones_candidate_settings_and_a_run_made_another_way_
     assert not (tmp_path / "tuned.pt").exists()
     shipped = load_weights()[2]  # trained before the record: the paper's candidates
     check_candidates(shipped, StepOneConfig().candidate_settings())
-    for field, value in (("patch_padding_voxels", 3), ("ratio_threshold", 1.1), ("min_component_mm3", 3.0)):
+    for field, value in (("patch_padding_voxels", 3), ("ratio_threshold", 1.1), ("min_component_mm3", 3.0),
+                         ("match_resolution_ratio", 1.5)):
         with pytest.raises(InputError, match=f"--step-one {field}="):
             check_candidates(shipped, StepOneConfig(**{field: value}).candidate_settings())
+    # the fix the message gives is one `--step-one` takes: matching switched off reads as null
+    with pytest.raises(InputError) as refused:
+        check_candidates(shipped, StepOneConfig(match_resolution_ratio=1.5).candidate_settings())
+    fix = re.search(r"\(--step-one (\S+)\)", str(refused.value)).group(1)
+    assert step_one_config([fix]) == StepOneConfig()
+    # weights trained on matched candidates refuse candidates made without matching
+    with pytest.raises(InputError, match=r"--step-one match_resolution_ratio=1\.5\)"):
+        check_candidates({"step_one": StepOneConfig(match_resolution_ratio=1.5).candidate_settings()},
+                         StepOneConfig().candidate_settings())
     # files written between the two records hold only the padding
     assert trained_candidates({"patch_padding_voxels": 3}) == StepOneConfig(patch_padding_voxels=3).candidate_settings()
