@@ -47,7 +47,11 @@ def with_options(base, options: list[str], flag: str = "--option", example: str 
                 raise ConfigError(f"{flag} {option!r}: the value must be JSON (a number, null, or a list like [16, 32])") from None
             value = raw.strip()
         values[key] = value
-    return type(base).from_dict(values)
+    try:
+        return type(base).from_dict(values)
+    except (TypeError, ValueError) as exc:  # a value of the wrong kind, e.g. a number for a list
+        raise ConfigError(f"{' '.join(f'{flag} {o}' for o in options)}: a value of the wrong kind ({exc}); see msnl/config.py "
+                          f"for each field's type, e.g. {flag} {example}") from None
 
 
 def cnn_config(options: list[str], epochs: int | None = None, base=None):

@@ -69,7 +69,8 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
                          ("size_bucket_window=0", "size_bucket_window must be at least 1"),
                          ("tp_patches=margin", "tp_patches must be 'any_truth' or 'own_component'"),
                          ("flair_input=raw", "flair_input must be 'grey_levels' or 'intensities'"),
-                         ("context_voxels=-1", "context_voxels must be at least 0")):
+                         ("context_voxels=-1", "context_voxels must be at least 0"),
+                         ("widths=3", "--option widths=3: a value of the wrong kind")):
         assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--work", str(tmp_path / "work"),
                      "--option", option]) == 2
         assert said in capsys.readouterr().err
@@ -86,6 +87,7 @@ def test_step_one_options_reach_step_one_and_are_checked_before_any_work(tmp_pat
     for option, said in (("opening=1", "--step-one 'opening=1': StepOneConfig has no field 'opening'"),
                          ("opening_radius_mm", "write it as KEY=VALUE, e.g. --step-one opening_radius_mm=1.0"),
                          ("opening_radius_mm=-1", "invalid step-one configuration: opening_radius_mm=-1"),
+                         ("grey_levels=[6]", "--step-one grey_levels=[6]: a value of the wrong kind"),
                          # the shipped weights were trained on the paper's candidates
                          ("ratio_threshold=1.1", "made with ratio_threshold=1.15, but step one is set to ratio_threshold=1.1. "
                                                  "Use the weights' values (--step-one ratio_threshold=1.15)")):
