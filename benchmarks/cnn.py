@@ -1,12 +1,15 @@
 """Step two: train the shipped weights and the leave-one-patient-out models, then score them.
 
-    .venv/bin/python benchmarks/cnn.py --data /path/to/train-data [--ship] [--option KEY=VALUE ...] [--no-loo]
+    .venv/bin/python benchmarks/cnn.py --data /path/to/train-data [--ship] [--option KEY=VALUE ...]
+        [--step-one KEY=VALUE ...] [--models DIR] [--no-loo]
 
 --data holds simulated cohorts made as the model card says (sim-heldout, never trained on, and
 training cohorts whose names start with sim-train or sim-real) and a work folder for step-one
 results. The real Lesjak pairs come from ../shared/data. With --ship the model trained on
 everything but the held-out cohort is written to msnl/weights/patch_cnn.pt. --option overrides
-a CNNConfig field, as for `msnl train`; --no-loo skips the two leave-one-patient-out trainings.
+a CNNConfig field and --step-one a StepOneConfig field, as for `msnl train`; --models keeps the
+trained models (and their per-epoch checkpoints, so a killed run resumes) in DIR instead of a
+temporary folder; --no-loo skips the two leave-one-patient-out trainings.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from msnl.resample import resample_labels  # noqa: E402
 from msnl.scan import LabelMap  # noqa: E402
 from msnl.step_two import run_step_two  # noqa: E402
 from pipelines.evaluate import summarise  # noqa: E402
-from pipelines.train import cnn_config, collect, prepare_pairs, train_and_save  # noqa: E402
+from msnl.config import ConfigError  # noqa: E402
+from pipelines.train import cnn_config, collect, prepare_pairs, step_one_config, train_and_save  # noqa: E402
 from storage.pairs import read_candidates, read_pair_array, read_pair_attrs  # noqa: E402
 from storage.training_data import TrainingPair, read_truth  # noqa: E402
 
@@ -96,24 +100,34 @@ def main() -> None:
     parser.add_argument("--ship", action="store_true", help="write the shipped weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="override a CNNConfig field")
+    parser.add_argument("--step-one", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a StepOneConfig field (candidates made another way)")
+    parser.add_argument("--models", type=Path, default=None, help="keep the models here (default: a temporary folder)")
     parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-patient-out models")
     args = parser.parse_args()
-    train_sources = sorted(p for p in args.data.iterdir() if p.is_dir() and p.name.startswith(("sim-train", "sim-real")))
     heldout_source = args.data / "sim-heldout"
+    if not heldout_source.is_dir():
+        parser.error(f"{heldout_source} not found: make --data's cohorts as docs/model_card.md says")
+    train_sources = sorted(p for p in args.data.iterdir() if p.is_dir() and p.name.startswith(("sim-train", "sim-real")))
+    try:
+        step_one, cfg = step_one_config(args.step_one), cnn_config(args.option)
+    except ConfigError as exc:
+        parser.error(str(exc))
     real_sources = [REAL] if REAL.is_dir() else []
     if not real_sources:
         print(f"the real pairs are not at {REAL}: training on simulated pairs only, no leave-one-patient-out models")
-    pairs = prepare_pairs([*train_sources, heldout_source, *real_sources], args.data / "work", progress=False)
+    pairs = prepare_pairs([*train_sources, heldout_source, *real_sources], args.data / "work", step_one, progress=False)
     by_source = {}
     for p in pairs:
         by_source.setdefault(Path(p.source).name, []).append(p)
     sim_train = [p for s in train_sources for p in by_source.get(s.name, [])]
     heldout = by_source.get(heldout_source.name, [])
     real = by_source.get(REAL.name, [])
-    cfg = cnn_config(args.option)
-    print(f"CNN config overrides: {args.option or 'none'}")
-    with tempfile.TemporaryDirectory() as tmp:
-        ship = default_weights_path() if args.ship else Path(tmp) / "all.pt"
+    print(f"CNN config overrides: {args.option or 'none'}; step-one overrides: {args.step_one or 'none'}")
+    with tempfile.TemporaryDirectory() as scratch:
+        models = args.models or Path(scratch)
+        models.mkdir(parents=True, exist_ok=True)
+        ship = default_weights_path() if args.ship else models / "all.pt"
         data = collect(sim_train + real, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
         start = time.perf_counter()
         train_and_save(data, ship, cfg, args.seed)
@@ -128,7 +142,7 @@ def main() -> None:
         print(f"  with lesions under {FLOOR_MM3:g} mm³ dropped (min_lesion_mm3): CNN {_fmt(floored)}")
         for held in [] if args.no_loo else real:
             others = [p for p in real if p is not held]
-            model_path = Path(tmp) / f"without-{held.subject}.pt"
+            model_path = models / f"without-{held.subject}.pt"
             train_and_save(collect(sim_train + others, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels, progress=False), model_path, cfg, args.seed, progress=False)
             cnn, one, infer, s1 = evaluate(model_path, [held])
             print(f"leave {held.subject} out: CNN {_fmt(cnn)}")

@@ -48,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
     args = parser.parse_args()
+    if not (args.data / "sim-heldout").is_dir():
+        parser.error(f"{args.data / 'sim-heldout'} not found: make it as docs/model_card.md says")
     sources = [args.data / "sim-heldout", *([REAL] if REAL.is_dir() else [])]
     totals: dict[tuple[str, str], list[int]] = {}
     print(f"{'set':<12} {'pair':<10} {'candidates':>10} {'boxes':>6}")
