@@ -119,8 +119,8 @@ def acquisition_review(results: xr.Dataset) -> None:
     st.subheader("Acquisition changes between visits")
     st.caption(f"Intervals whose visit 1 is sampled at least {REVIEW_RESOLUTION_RATIO} times coarser than visit 2 "
                "along a head axis (e.g. axial 3 mm slices, then sagittal ones). On simulated lesion-free pairs the "
-               "shipped CNN found false new lesions only in such intervals (docs/model_card.md): check their "
-               "lesions by eye before counting them.")
+               "shipped CNN found false new lesions only in such intervals (docs/model_card.md in msnl's source): "
+               "check their lesions by eye before counting them.")
     flagged = coarser_visit_one(results)
     if len(flagged):
         st.warning(f"{len(flagged)} processed interval(s) to review: visit 1 coarser than visit 2.")

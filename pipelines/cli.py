@@ -156,7 +156,8 @@ def _print_acquisition_changes(command: str, results) -> None:
     if flagged.empty:
         return
     print(f"{command}: {len(flagged)} processed interval(s) to review: visit 1 is sampled at least {REVIEW_RESOLUTION_RATIO} "
-          "times coarser than visit 2, where the CNN is known to find false new lesions (docs/model_card.md):", file=sys.stderr)
+          "times coarser than visit 2, where the CNN is known to find false new lesions "
+          "(docs/model_card.md in msnl's source):", file=sys.stderr)
     for row in flagged.itertuples():
         print(f"  sub-{row.subject} {row.interval}: {row.from_acquisition} -> {row.to_acquisition} "
               f"({row.resolution_ratio:.1f} times coarser), {row.new_lesion_count} new lesion(s)", file=sys.stderr)
