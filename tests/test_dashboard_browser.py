@@ -92,7 +92,7 @@ def test_each_page_renders_without_an_error(server, page, tmp_path):
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         try:
-            view = browser.new_page(viewport={"width": 1400, "height": 1000})
+            view = browser.new_page(viewport={"width": 1400, "height": 3000})  # Streamlit scrolls inside the page: a tall view shows it all
             view.goto(f"{server}/?page={page}", wait_until="networkidle")
             view.get_by_role("heading", name=PAGES[page]).wait_for(timeout=60_000)
             view.wait_for_timeout(2500)  # the figures arrive after the heading
