@@ -27,14 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 REAL = ROOT.parent / "shared" / "data" / "lesjak-longitudinal"
 
-from msnl.config import StepOneConfig  # noqa: E402
+from msnl.config import ConfigError, StepOneConfig  # noqa: E402
 from msnl.inference import default_weights_path, load_weights  # noqa: E402
 from msnl.metrics import score_lesions  # noqa: E402
 from msnl.resample import resample_labels  # noqa: E402
 from msnl.scan import LabelMap  # noqa: E402
 from msnl.step_two import run_step_two  # noqa: E402
 from pipelines.evaluate import summarise  # noqa: E402
-from msnl.config import ConfigError  # noqa: E402
 from pipelines.train import cnn_config, collect, prepare_pairs, step_one_config, train_and_save  # noqa: E402
 from storage.pairs import read_candidates, read_pair_array, read_pair_attrs  # noqa: E402
 from storage.training_data import TrainingPair, read_truth  # noqa: E402
