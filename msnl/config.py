@@ -141,6 +141,10 @@ class CNNConfig(_Serialisable):
     # Paper §2.1: 30% extra patches; 85% of them infratentorial (33% TP, 67% FP), 15%
     # supratentorial FP.
     extra_share: float = 0.30
+    # Share of TP patches among the balanced (non-extra) draws (ours; the paper's "equal
+    # numbers" is 0.5). Lower values show the net more FP patches, nearer the ~1 % of
+    # candidates that are new lesions at inference. Figures: docs/benchmarks.md.
+    tp_share: float = 0.5
     # Patches per epoch, extras included (ours: the paper doesn't say). None means one pass
     # over the TP patches (2 x #TP, plus extras); with a few hundred TP patches that is only
     # ~20 batches, too few steps before the learning rate decays, so we fix the epoch's size.
@@ -219,6 +223,8 @@ class CNNConfig(_Serialisable):
             axes = getattr(self, name)
             if len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
                 raise ConfigError(f"{name} must list distinct voxel axes among 0, 1, 2, got {axes}")
+        if not 0 < self.tp_share < 1:
+            raise ConfigError(f"tp_share must be in (0, 1), got {self.tp_share}")
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

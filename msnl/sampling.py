@@ -21,7 +21,7 @@ def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig,
     """Patch indices of one epoch, shuffled.
 
     As many FP as TP patches, each drawn uniformly (2 x #TP of them, or `patches_per_epoch`
-    less the extras), then
+    less the extras; `tp_share` other than the paper's 0.5 changes the ratio), then
     `extra_share` more: `extra_infratentorial` of those infratentorial (`extra_infratentorial_tp`
     of them TP, the rest FP) and the remainder supratentorial FP. When a pool is empty (say, no
     infratentorial TP), its draws come from the nearest pool that isn't.
@@ -31,10 +31,12 @@ def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig,
     if len(tp) == 0 or len(fp) == 0:
         raise ValueError("training needs both TP and FP patches")
     if cfg.patches_per_epoch is None:
-        n_tp = n_fp = len(tp)
+        n_tp = len(tp)
+        n_fp = int(round(n_tp * (1 - cfg.tp_share) / cfg.tp_share))
     else:
         n_base = int(round(cfg.patches_per_epoch / (1 + cfg.extra_share)))
-        n_tp, n_fp = n_base // 2, n_base - n_base // 2
+        n_tp = int(n_base * cfg.tp_share)
+        n_fp = n_base - n_tp
     base = np.concatenate([rng.choice(tp, n_tp, replace=True), rng.choice(fp, n_fp, replace=True)])
     n_extra = int(round(cfg.extra_share * len(base)))
     n_infra = int(round(cfg.extra_infratentorial * n_extra))

@@ -188,6 +188,21 @@ def test_sampling_proportions_over_many_epochs():
     assert abs(len(fixed) - 1024) <= 1 and abs(is_tp[fixed].mean() - (0.5 / 1.3 + 0.3 * 0.85 * 0.33 / 1.3)) < 0.05
 
 
+def test_tp_share_sets_the_ratio_of_the_balanced_draws():
+    rng = np.random.default_rng(2)
+    is_tp = np.r_[np.ones(300, bool), np.zeros(3000, bool)]
+    infra = np.zeros(len(is_tp), bool)  # no infratentorial patches: every extra is a supratentorial FP
+    cfg = CNNConfig(patches_per_epoch=None, tp_share=0.25)
+    idx = np.concatenate([epoch_indices(is_tp, infra, cfg, rng) for _ in range(50)])
+    assert len(idx) == 50 * round(1.3 * 4 * 300)
+    # base: 300 TP + 900 FP; extras: 30 % of 1,200, of which 85 % x 33 % fall back to TP
+    assert abs(is_tp[idx].mean() - (300 + 0.3 * 1200 * 0.85 * 0.33) / (1.3 * 1200)) < 0.01
+    fixed = epoch_indices(is_tp, infra, CNNConfig(patches_per_epoch=1300, tp_share=0.25), rng)
+    assert len(fixed) == 1300 and abs(is_tp[fixed].mean() - (0.25 + 0.3 * 0.85 * 0.33) / 1.3) < 0.03
+    with pytest.raises(ConfigError, match="tp_share"):
+        CNNConfig(tp_share=1.0)
+
+
 def test_size_bucketed_batches_keep_the_drawn_patches_and_group_sizes():
     rng = np.random.default_rng(1)
     volumes = np.minimum(rng.lognormal(5.8, 0.8, 400).astype(int), 8192)  # skewed, like step one's patches
