@@ -97,7 +97,7 @@ def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:
                f"{REVIEW_REGISTRATION_CORRELATION} are flagged for review; under the QC limit they fail.")
     if len(low):
         st.warning(f"{len(low)} processed interval(s) to review.")
-        st.dataframe(low[["subject", "interval", "registration_quality", "n_candidates"]], hide_index=True)
+        st.dataframe(quality_shown(low[["subject", "interval", "registration_quality", "n_candidates"]]), hide_index=True)
     else:
         st.success("No processed interval is flagged.")
     measured = rows[rows.registration_quality.notna()]
@@ -112,6 +112,13 @@ def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:
     left.dataframe(pd.crosstab(subjects.arm, subjects.site, margins=True, margins_name="all"))
     right.caption("Intervals by status")
     right.dataframe(pd.crosstab([rows.arm, rows.site], rows.status))
+
+
+def quality_shown(rows: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:
+    """`rows` with registration_quality rounded *down* for display: a table cell rounds to a
+    few digits, and 0.79996 shown as "0.8" would read as "not under the review limit"."""
+    scale = 10.0**decimals
+    return rows.assign(registration_quality=np.floor(rows.registration_quality * scale) / scale)
 
 
 def acquisition_review(results: xr.Dataset) -> None:
@@ -188,8 +195,9 @@ def patient(store: str, stamp: tuple, results: xr.Dataset) -> None:
     row0 = results.sel(subject=subject)
     st.caption(f"arm {row0.arm.item()} · site {row0.site.item()}")
     st.pyplot(timeline_figure(rows))
-    st.dataframe(rows[["interval", "end_date", "status", "new_lesion_count", "new_lesion_volume_mm3", "n_candidates",
-                       "registration_quality", "from_acquisition", "to_acquisition", "message"]], hide_index=True, width="stretch")
+    st.dataframe(quality_shown(rows[["interval", "end_date", "status", "new_lesion_count", "new_lesion_volume_mm3", "n_candidates",
+                                     "registration_quality", "from_acquisition", "to_acquisition", "message"]]),
+                 hide_index=True, width="stretch")
     done = rows[rows.status == "ok"]
     if done.empty:
         st.info("No processed interval for this subject yet.")

@@ -10,6 +10,7 @@ import pytest
 import zarr
 from streamlit.testing.v1 import AppTest
 
+from dashboard.views import quality_shown
 from storage import open_results
 from storage.layout import open_root
 from storage.pairs import pair_key
@@ -76,6 +77,16 @@ def test_overview_counts_processed_pending_and_failed(stores, monkeypatch):
     assert int(metrics["Failed"]) == (status == "registration_failed").sum() > 0
     failures = [d.value for d in at.dataframe if "message" in d.value.columns][0]
     assert (failures.status == "registration_failed").all() and failures.message.str.contains("correlate").all()
+
+
+def test_registration_quality_under_the_review_limit_never_shows_as_the_limit(stores, monkeypatch):
+    at = run_app(stores["complete"], "overview", monkeypatch)
+    assert_clean(at)
+    table = next(d.value for d in at.dataframe if "registration_quality" in d.value.columns)
+    shown = table.registration_quality.to_numpy()
+    assert len(shown) and (shown < 0.8).all()
+    np.testing.assert_allclose(shown * 1000, np.round(shown * 1000), atol=1e-6)  # three decimals at most
+    assert quality_shown(pd.DataFrame({"registration_quality": [0.79996, 0.8, np.nan]})).registration_quality.tolist()[:2] == [0.799, 0.8]
 
 
 def test_endpoints_show_the_rate_ratio_plots_and_a_download(stores, monkeypatch):
