@@ -12,15 +12,18 @@ exported here first, and the check runs in parts that each need only some packag
 
 `export` copies the step-one results of the real pairs (no scans, no visit images but the two
 stored FLAIRs, which weights trained with `flair_input=intensities` read) into a small store,
-and writes a sample of training patches (all of them with `--pairs 0 --with-real`) to one
-compressed file, with FLAIR channels as `--flair-input` says (default: the shipped weights').
-`train` times epochs; `fit` trains one model as `msnl train` would, on the exported patches
-less those of `--exclude`d sources, and writes its weights file.
+and writes a sample of training patches (all of them with `--pairs 0 --with-real`; none when
+`--data` holds no cohort) to one compressed file, with FLAIR channels as `--flair-input` says
+(default: the shipped weights'). `--step-one KEY=VALUE` reads or makes step-one results of
+another config, as for `msnl train`. `train` times epochs of the shipped weights' recipe;
+`fit` trains one model as `msnl train` would, on the exported patches less those of
+`--exclude`d sources, and writes its weights file.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -42,21 +45,31 @@ def _copy_results(source: Path, out: Path) -> None:
     shutil.copytree(source, out, ignore=lambda folder, names: [n for n in names if n in _LEFT_BEHIND])
 
 
-def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool, flair_input: str | None) -> None:
+def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool, flair_input: str | None,
+           step_one: list[str]) -> None:
+    from msnl.config import ConfigError
     from msnl.inference import load_weights
-    from pipelines.train import collect, prepare_pairs
+    from pipelines.train import collect, prepare_pairs, step_one_config
     from storage.training_data import work_store
 
     flair_input = flair_input or load_weights(None)[1].flair_input
+    try:
+        cfg = step_one_config(step_one)
+    except ConfigError as exc:
+        raise SystemExit(f"export: {exc}") from None
 
     real = ROOT.parent / "shared" / "data" / "lesjak-longitudinal"
+    real_pairs = prepare_pairs([real], data / "work", cfg, progress=False)  # step one, unless stored
     _copy_results(work_store(data / "work", real), out / "store")
     cohorts = sorted(p for p in data.iterdir() if p.is_dir() and p.name.startswith(("sim-train", "sim-real")))
-    pairs = prepare_pairs(cohorts, data / "work", progress=False)
+    pairs = prepare_pairs(cohorts, data / "work", cfg, progress=False)
     if pairs_wanted:
         pairs = [pairs[i] for i in np.random.default_rng(seed).choice(len(pairs), min(pairs_wanted, len(pairs)), replace=False)]
     if with_real:
-        pairs += prepare_pairs([real], data / "work", progress=False)
+        pairs += real_pairs
+    if not pairs:
+        print(f"export: {out / 'store'}; no training patches ({data} has no sim-train or sim-real cohort; --with-real adds the real pairs')")
+        return
     sample = collect(pairs, flair_input=flair_input)
     np.savez_compressed(
         out / "patches.npz",
@@ -198,12 +211,13 @@ def dask_check(store: Path, accel: str) -> None:
 def train_check(patches: Path, epochs: int, accel: str) -> None:
     import torch
 
-    from msnl.config import CNNConfig
+    from msnl.inference import load_weights
     from msnl.training import train
 
-    data = _load_patches(patches)
+    shipped = load_weights(None)[1]  # the shipped weights' recipe, for `epochs` epochs
+    cfg = dataclasses.replace(shipped, epochs=epochs)
+    data = _load_patches(patches, flair_input=cfg.flair_input)
     print(f"train: {len(data)} patches, {int(data.is_tp.sum())} TP; {_device_name(accel)}")
-    cfg = CNNConfig(epochs=epochs, patches_per_epoch=8192, size_bucket_window=8)
     ends: list[float] = []
 
     def mark(epoch: int, batch: int, batches: int, loss: float) -> None:
@@ -216,7 +230,7 @@ def train_check(patches: Path, epochs: int, accel: str) -> None:
     per_epoch = np.diff([start, *ends])
     print(f"train {accel}: {cfg.patches_per_epoch} patches per epoch, s per epoch {np.round(per_epoch, 1).tolist()}, loss {np.round(history, 3).tolist()}")
     torch.set_num_threads(2)
-    cpu_cfg = CNNConfig(epochs=1, patches_per_epoch=1024, size_bucket_window=8)
+    cpu_cfg = dataclasses.replace(cfg, epochs=1, patches_per_epoch=1024)
     start = time.perf_counter()
     train(data, cpu_cfg, seed=0, device=torch.device("cpu"))
     cpu = (time.perf_counter() - start) * cfg.patches_per_epoch / cpu_cfg.patches_per_epoch
@@ -255,6 +269,8 @@ def main() -> None:
     ex.add_argument("--pairs", type=int, default=6, help="simulated training pairs to sample patches from (0: all)")
     ex.add_argument("--with-real", action="store_true", help="add the real pairs' patches")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--step-one", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a StepOneConfig field, as for `msnl train` (candidates made another way)")
     ex.add_argument("--flair-input", choices=("grey_levels", "intensities"), help="FLAIR channels of the patches (default: the shipped weights')")
     inf = sub.add_parser("inference")
     inf.add_argument("--store", type=Path, required=True)
@@ -274,7 +290,7 @@ def main() -> None:
         part.add_argument("--device", default="cuda", help="the accelerator to check (cpu: a dry run of the script)")
     args = parser.parse_args()
     if args.part == "export":
-        export(args.data, args.out, args.pairs, args.seed, args.with_real, args.flair_input)
+        export(args.data, args.out, args.pairs, args.seed, args.with_real, args.flair_input, args.step_one)
     elif args.part == "inference":
         inference(args.store, args.repeats, args.device)
     elif args.part == "dask":
