@@ -29,11 +29,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from msnl.config import StepOneConfig
 
 # The CNN reads the cohort table and the step-one results (patches, and the stored FLAIRs when
 # its weights take intensities), not scans, corrected visits or grey levels.
@@ -46,17 +50,12 @@ def _copy_results(source: Path, out: Path) -> None:
 
 
 def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool, flair_input: str | None,
-           step_one: list[str]) -> None:
-    from msnl.config import ConfigError
+           cfg: StepOneConfig) -> None:
     from msnl.inference import load_weights
-    from pipelines.train import collect, prepare_pairs, step_one_config
+    from pipelines.train import collect, prepare_pairs
     from storage.training_data import work_store
 
     flair_input = flair_input or load_weights(None)[1].flair_input
-    try:
-        cfg = step_one_config(step_one)
-    except ConfigError as exc:
-        raise SystemExit(f"export: {exc}") from None
 
     real = ROOT.parent / "shared" / "data" / "lesjak-longitudinal"
     real_pairs = prepare_pairs([real], data / "work", cfg, progress=False)  # step one, unless stored
@@ -290,7 +289,14 @@ def main() -> None:
         part.add_argument("--device", default="cuda", help="the accelerator to check (cpu: a dry run of the script)")
     args = parser.parse_args()
     if args.part == "export":
-        export(args.data, args.out, args.pairs, args.seed, args.with_real, args.flair_input, args.step_one)
+        from msnl.config import ConfigError
+        from pipelines.train import step_one_config
+
+        try:
+            step_one = step_one_config(args.step_one)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        export(args.data, args.out, args.pairs, args.seed, args.with_real, args.flair_input, step_one)
     elif args.part == "inference":
         inference(args.store, args.repeats, args.device)
     elif args.part == "dask":
