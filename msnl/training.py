@@ -22,7 +22,7 @@ import torchio as tio
 from torch.utils.data import DataLoader
 
 from msnl.cnn import PatchCNN, members_of
-from msnl.config import CNNConfig
+from msnl.config import CNNConfig, ConfigError
 from msnl.errors import InputError
 from msnl.inference import load_weights, trained_candidates, weights_digest
 from msnl.patches import centre_crop, pad_batch, scale
@@ -262,13 +262,25 @@ def read_checkpoint(path: Path, key: dict[str, Any]) -> dict | None:
     except Exception:  # torch's own message is long, and suggests loading untrusted pickles
         raise InputError("is not a training checkpoint that loads safely. Delete it to train from the start.", path) from None
     theirs = saved.get("key", {}) if isinstance(saved, dict) else {}
-    differ = sorted(k for k in key if theirs.get(k) != key[k])
+    differ = sorted(k for k in key if not _same_key_part(k, theirs.get(k), key[k]))
     if differ:
         verb = "differs" if len(differ) == 1 else "differ"
         raise InputError(f"is the checkpoint of another training (its {' and '.join(differ)} {verb} from this one's). "
                          "Re-run that training's command to finish it, give this one another --out, or delete the "
                          "checkpoint to start this one from the beginning.", path)
     return saved["state"]
+
+
+def _same_key_part(name: str, theirs: Any, ours: Any) -> bool:
+    """Whether one part of a checkpoint's key matches this training's. A config saved before
+    msnl added a field has no value for it; read as weights files are, it holds that field's
+    default, which keeps the older behaviour, so such a checkpoint still resumes."""
+    if name != "config" or not isinstance(theirs, dict):
+        return theirs == ours
+    try:
+        return CNNConfig.from_dict(theirs).to_dict() == ours
+    except (ConfigError, TypeError):  # a field this msnl does not know, or a value it refuses
+        return False
 
 
 def save_weights(out: Path, members: list[PatchCNN], cfg: CNNConfig, seed: int, histories: list[list[float]],

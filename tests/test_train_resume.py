@@ -96,3 +96,35 @@ def test_an_unreadable_checkpoint_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(InputError, match="not a training checkpoint that loads safely. Delete it") as error:
         train_and_save(_toy_set(), out, CFG, seed=0, progress=False)
     assert str(checkpoint_path(out)) in str(error.value)
+
+
+def _stopped_with_key_config(tmp_path, monkeypatch, edit) -> tuple:
+    """A training stopped after its first epoch whose checkpoint's config is then `edit`ed, as a
+    checkpoint written by another msnl version would hold it; its path and the file's bytes."""
+    out = tmp_path / "w.pt"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 8)
+        with pytest.raises(PowerCut):
+            train_and_save(_toy_set(), out, CFG, seed=0, progress=False)
+    saved = torch.load(checkpoint_path(out), weights_only=True)
+    edit(saved["key"]["config"])
+    torch.save(saved, checkpoint_path(out))
+    return out, checkpoint_path(out).read_bytes()
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_goes_on(tmp_path, monkeypatch, capsys):
+    unbroken = train_and_save(_toy_set(), tmp_path / "unbroken.pt", CFG, seed=0, progress=False)
+    out, _ = _stopped_with_key_config(tmp_path, monkeypatch, lambda config: config.pop("context_voxels"))
+    assert train_and_save(_toy_set(), out, CFG, seed=0) == unbroken
+    assert "(1 of 6 epochs done)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cfg, edit", [
+    (replace(CFG, context_voxels=1), lambda config: config.pop("context_voxels")),  # the old default is not this run's
+    (CFG, lambda config: config.update(newer_field=3)),  # written by a newer msnl
+])
+def test_a_checkpoint_whose_config_reads_otherwise_is_refused_and_kept(tmp_path, monkeypatch, cfg, edit):
+    out, saved = _stopped_with_key_config(tmp_path, monkeypatch, edit)
+    with pytest.raises(InputError, match="another training \\(its config differs from"):
+        train_and_save(_toy_set(), out, cfg, seed=0, progress=False)
+    assert checkpoint_path(out).read_bytes() == saved and not out.exists()
