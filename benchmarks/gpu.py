@@ -67,7 +67,7 @@ def export(data: Path, out: Path, pairs_wanted: int, seed: int, with_real: bool,
     if with_real:
         pairs += real_pairs
     if not pairs:
-        print(f"export: {out / 'store'}; no training patches ({data} has no sim-train or sim-real cohort; --with-real adds the real pairs')")
+        print(f"export: {out / 'store'}; no training patches ({data} has no sim-train or sim-real cohort; --with-real adds the real pairs)")
         return
     sample = collect(pairs, flair_input=flair_input)
     np.savez_compressed(
