@@ -145,6 +145,11 @@ class CNNConfig(_Serialisable):
     # numbers" is 0.5). Lower values show the net more FP patches, nearer the ~1 % of
     # candidates that are new lesions at inference. Figures: docs/benchmarks.md.
     tp_share: float = 0.5
+    # Draw the balanced TP and FP patches so that every training source (a folder given to
+    # `msnl train`) gets an equal share of each (ours; the paper draws patches uniformly). A
+    # team's few labelled pairs in a folder of their own then weigh as much as a large
+    # simulated cohort. The extras are drawn as before. Figures: docs/benchmarks.md.
+    balance_sources: bool = False
     # Patches per epoch, extras included (ours: the paper doesn't say). None means one pass
     # over the TP patches (2 x #TP, plus extras); with a few hundred TP patches that is only
     # ~20 batches, too few steps before the learning rate decays, so we fix the epoch's size.

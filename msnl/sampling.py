@@ -17,7 +17,15 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, n: int, fallback: np.ndarr
     return rng.choice(source, size=n, replace=True) if n and len(source) else np.zeros(0, dtype=int)
 
 
-def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig, rng: np.random.Generator) -> np.ndarray:
+def _source_weights(pool: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Draw probabilities over `pool` that give each source present in it an equal share."""
+    _, group, counts = np.unique(sources[pool], return_inverse=True, return_counts=True)
+    weights = 1.0 / (counts[group] * len(counts))
+    return weights / weights.sum()
+
+
+def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig, rng: np.random.Generator,
+                  sources: np.ndarray | None = None) -> np.ndarray:
     """Patch indices of one epoch, shuffled.
 
     As many FP as TP patches, each drawn uniformly (2 x #TP of them, or `patches_per_epoch`
@@ -25,6 +33,9 @@ def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig,
     `extra_share` more: `extra_infratentorial` of those infratentorial (`extra_infratentorial_tp`
     of them TP, the rest FP) and the remainder supratentorial FP. When a pool is empty (say, no
     infratentorial TP), its draws come from the nearest pool that isn't.
+
+    With `cfg.balance_sources`, `sources` (one label per patch) is required, and the TP and the
+    FP draws give every source in their pool an equal share instead of every patch.
     """
     is_tp, infra = np.asarray(is_tp, bool), np.asarray(infratentorial, bool)
     tp, fp = np.flatnonzero(is_tp), np.flatnonzero(~is_tp)
@@ -37,7 +48,14 @@ def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig,
         n_base = int(round(cfg.patches_per_epoch / (1 + cfg.extra_share)))
         n_tp = int(n_base * cfg.tp_share)
         n_fp = n_base - n_tp
-    base = np.concatenate([rng.choice(tp, n_tp, replace=True), rng.choice(fp, n_fp, replace=True)])
+    if cfg.balance_sources:
+        if sources is None or len(sources) != len(is_tp):
+            raise ValueError("balance_sources needs one source label per patch")
+        sources = np.asarray(sources)
+        base = np.concatenate([rng.choice(tp, n_tp, replace=True, p=_source_weights(tp, sources)),
+                               rng.choice(fp, n_fp, replace=True, p=_source_weights(fp, sources))])
+    else:
+        base = np.concatenate([rng.choice(tp, n_tp, replace=True), rng.choice(fp, n_fp, replace=True)])
     n_extra = int(round(cfg.extra_share * len(base)))
     n_infra = int(round(cfg.extra_infratentorial * n_extra))
     n_infra_tp = int(round(cfg.extra_infratentorial_tp * n_infra))

@@ -79,6 +79,12 @@ class TrainingSet:
         return h.hexdigest()
 
 
+def source_of(pair_name: str) -> str:
+    """The training source (folder) of a patch, from its pair's name, "SOURCE:SUBJECT:VISITS"
+    (storage.training_data.TrainingPair.name)."""
+    return pair_name.partition(":")[0]
+
+
 def _subjects(data: TrainingSet, cfg: CNNConfig) -> list[tio.Subject]:
     subjects = []
     for patch, truth in zip(data.patches, data.truths):
@@ -183,10 +189,11 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
         _restore_rng(resume["rng"], rng, device)
     dataset = tio.SubjectsDataset(_subjects(data, cfg), transform=augmentation(cfg))
     is_tp, infra = data.tp_flags(cfg.tp_patches), np.asarray(data.infratentorial)
+    sources = np.array([source_of(name) for name in data.sources])
     volumes = np.array([np.prod(np.minimum(p.shape[1:], cfg.train_max_patch)) for p in data.patches])
     for epoch in range(len(history), cfg.epochs):
         model.train()
-        drawn = epoch_indices(is_tp, infra, cfg, rng)
+        drawn = epoch_indices(is_tp, infra, cfg, rng, sources)
         if cfg.size_bucket_window is None:
             plan = batches(drawn, cfg.batch_size)
         else:

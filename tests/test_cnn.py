@@ -203,6 +203,32 @@ def test_tp_share_sets_the_ratio_of_the_balanced_draws():
         CNNConfig(tp_share=1.0)
 
 
+def test_balance_sources_gives_each_source_an_equal_share_of_tp_and_fp_draws():
+    rng = np.random.default_rng(3)
+    # a large simulated source and a small real one: 400 + 20 TP, 4,000 + 300 FP patches
+    is_tp = np.r_[np.ones(400, bool), np.zeros(4000, bool), np.ones(20, bool), np.zeros(300, bool)]
+    sources = np.array(["sim"] * 4400 + ["real"] * 320)
+    infra = np.zeros(len(is_tp), bool)
+    cfg = CNNConfig(patches_per_epoch=1300, extra_share=0.0, balance_sources=True)
+    idx = np.concatenate([epoch_indices(is_tp, infra, cfg, rng, sources) for _ in range(40)])
+    real = sources[idx] == "real"
+    assert abs(real[is_tp[idx]].mean() - 0.5) < 0.02 and abs(real[~is_tp[idx]].mean() - 0.5) < 0.02
+    assert abs(is_tp[idx].mean() - 0.5) < 0.02  # the TP/FP balance is kept
+    plain = np.concatenate([epoch_indices(is_tp, infra, replace(cfg, balance_sources=False), rng) for _ in range(40)])
+    assert (sources[plain] == "real")[is_tp[plain]].mean() < 0.1  # uniform draws: 20 of 420 TP patches
+    with pytest.raises(ValueError, match="source label"):
+        epoch_indices(is_tp, infra, cfg, rng)
+
+
+def test_balance_sources_off_draws_exactly_as_before():
+    is_tp = np.r_[np.ones(50, bool), np.zeros(500, bool)]
+    infra = np.arange(550) % 7 == 0
+    sources = np.where(np.arange(550) % 3 == 0, "a", "b")
+    cfg = CNNConfig(patches_per_epoch=512)
+    np.testing.assert_array_equal(epoch_indices(is_tp, infra, cfg, np.random.default_rng(5), sources),
+                                  epoch_indices(is_tp, infra, cfg, np.random.default_rng(5)))
+
+
 def test_size_bucketed_batches_keep_the_drawn_patches_and_group_sizes():
     rng = np.random.default_rng(1)
     volumes = np.minimum(rng.lognormal(5.8, 0.8, 400).astype(int), 8192)  # skewed, like step one's patches
