@@ -15,7 +15,7 @@ from msnl.metrics import score_lesions
 from msnl.patches import candidate_hits
 from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 from msnl.scan import LabelMap
-from msnl.training import TrainingSet, augmentation, masked_bce, masked_soft_dice, train
+from msnl.training import TrainingSet, augmentation, masked_bce, masked_soft_dice, source_of, train
 
 
 @pytest.mark.parametrize("shape", [(7, 9, 3), (20, 14, 6), (5, 5, 5)])
@@ -302,6 +302,24 @@ def test_a_tiny_training_run_lowers_the_loss():
                          size_bucket_window=4)
     _, history = train(_toy_set(), bucketed, seed=0, device=torch.device("cpu"))
     assert history[-1] < 0.6 * history[0]
+
+
+def test_training_balances_sources_by_the_folder_in_each_pair_name(monkeypatch):
+    assert source_of("sim-real:sub-001:ses-01-ses-02") == "sim-real"
+    data = _toy_set()
+    data.sources = [f"{'big' if k < 40 else 'small'}:sub-{k:03d}:1-2" for k in range(len(data))]
+    cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=2, batch_size=8, lr_step_epochs=10, patches_per_epoch=64)
+    _, plain = train(data, cfg, seed=0, device=torch.device("cpu"))
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])
+        return epoch_indices(*args)
+
+    monkeypatch.setattr("msnl.training.epoch_indices", spy)
+    _, balanced = train(data, replace(cfg, balance_sources=True), seed=0, device=torch.device("cpu"))
+    assert [sorted(set(s)) for s in seen] == [["big", "small"]] * 2  # grouped by folder, not by pair
+    assert len(balanced) == 2 and np.isfinite(balanced).all() and balanced != plain  # other draws, same seed
 
 
 def test_masked_loss_ignores_padding():
