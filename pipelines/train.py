@@ -44,7 +44,8 @@ def with_options(base, options: list[str], flag: str = "--option", example: str 
             value = json.loads(raw)
         except json.JSONDecodeError:
             if not isinstance(values.get(key), str):
-                raise ConfigError(f"{flag} {option!r}: the value must be JSON (a number, null, or a list like [16, 32])") from None
+                raise ConfigError(f"{flag} {option!r}: the value must be JSON (a number, true or false, null, "
+                                  "or a list like [16, 32])") from None
             value = raw.strip()
         values[key] = value
     try:
