@@ -20,7 +20,7 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, n: int, fallback: np.ndarr
 def _source_weights(pool: np.ndarray, sources: np.ndarray) -> np.ndarray:
     """Draw probabilities over `pool` that give each source present in it an equal share."""
     _, group, counts = np.unique(sources[pool], return_inverse=True, return_counts=True)
-    weights = 1.0 / (counts[group] * len(counts))
+    weights = 1.0 / counts[group]
     return weights / weights.sum()
 
 
