@@ -172,6 +172,12 @@ class CNNConfig(_Serialisable):
     # components would otherwise set every batch's padded size; at 0.72 x 0.72 x 3 mm this is
     # 23 x 23 x 24 mm, larger than most lesions). Inference never crops.
     train_max_patch: tuple[int, int, int] = (32, 32, 8)
+    # Where training crops a patch larger than `train_max_patch` (ours). "centre": once, round
+    # its centre. "random": at every draw, round a truth voxel drawn at random when the patch
+    # holds truth (a TP draw stays TP), anywhere in it otherwise, so over the epochs the net
+    # sees all of a large patch, as inference does. Step one's largest candidates (patient01:
+    # 124 x 124 x 23 voxels) hold most of some pairs' lesions outside the centre crop.
+    train_crop: Literal["centre", "random"] = "centre"
     # Training batches of similar-sized patches (ours): the epoch's patches are sorted by size
     # within windows of this many batches (see msnl.sampling.size_bucketed_batches). None keeps
     # each batch as drawn, padded to its largest patch. Figures for both: docs/benchmarks.md.
@@ -218,6 +224,8 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"size_bucket_window must be at least 1 or None, got {self.size_bucket_window}")
         if self.tp_patches not in ("any_truth", "own_component"):
             raise ConfigError(f"tp_patches must be 'any_truth' or 'own_component', got {self.tp_patches!r}")
+        if self.train_crop not in ("centre", "random"):
+            raise ConfigError(f"train_crop must be 'centre' or 'random', got {self.train_crop!r}")
         if self.flair_input not in ("grey_levels", "intensities"):
             raise ConfigError(f"flair_input must be 'grey_levels' or 'intensities', got {self.flair_input!r}")
         if self.context_voxels < 0:

@@ -88,7 +88,9 @@ def source_of(pair_name: str) -> str:
 def _subjects(data: TrainingSet, cfg: CNNConfig) -> list[tio.Subject]:
     subjects = []
     for patch, truth in zip(data.patches, data.truths):
-        patch, truth = centre_crop(scale(patch, cfg), truth, cfg.train_max_patch)
+        patch = scale(patch, cfg)
+        if cfg.train_crop == "centre":
+            patch, truth = centre_crop(patch, truth, cfg.train_max_patch)
         subjects.append(tio.Subject(
             flairs=tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(patch[:2]))),
             maps=tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(patch[2:]))),
@@ -97,14 +99,40 @@ def _subjects(data: TrainingSet, cfg: CNNConfig) -> list[tio.Subject]:
     return subjects
 
 
+class RandomCrop(tio.Transform):
+    """Crop a subject larger than `max_shape` to it at a random place (CNNConfig.train_crop
+    "random"): round a truth voxel drawn at random when it holds truth, anywhere otherwise.
+    Draws from torch's generator, which training seeds and checkpoints."""
+
+    def __init__(self, max_shape: tuple[int, int, int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_shape = np.asarray(max_shape)
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        shape = np.asarray(subject.spatial_shape)
+        keep = np.minimum(shape, self.max_shape)
+        if (keep == shape).all():
+            return subject
+        hits = torch.nonzero(subject["truth"].data[0])
+        if len(hits):
+            centre = hits[int(torch.randint(len(hits), ()))].numpy()
+            start = np.clip(centre - keep // 2, 0, shape - keep)
+        else:
+            start = np.array([int(torch.randint(int(n - k) + 1, ())) for n, k in zip(shape, keep)])
+        after = shape - keep - start
+        return tio.Crop([int(v) for pair in zip(start, after) for v in pair])(subject)
+
+
 def augmentation(cfg: CNNConfig) -> tio.Transform:
     """Paper §2.1: torchio's random noise and random bias field, each with probability 0.3,
     on the two FLAIR channels only (distance maps are geometry, not signal). With
-    `augment_flip_axes` (ours), random flips of every channel and the truth come first."""
+    `augment_flip_axes` (ours), random flips of every channel and the truth come first; with
+    `train_crop="random"` (ours), the random crop of a large patch before them."""
     p = cfg.augment_probability
     signal = [tio.RandomNoise(p=p, include=["flairs"]), tio.RandomBiasField(p=p, include=["flairs"])]
     flips = [tio.RandomFlip(axes=cfg.augment_flip_axes, flip_probability=0.5)] if cfg.augment_flip_axes else []
-    return tio.Compose(flips + signal)
+    crop = [RandomCrop(cfg.train_max_patch)] if cfg.train_crop == "random" else []
+    return tio.Compose(crop + flips + signal)
 
 
 def _collate(subjects: list[tio.Subject]):

@@ -15,7 +15,7 @@ from msnl.metrics import score_lesions
 from msnl.patches import candidate_hits
 from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 from msnl.scan import LabelMap
-from msnl.training import TrainingSet, augmentation, masked_bce, masked_soft_dice, source_of, train
+from msnl.training import RandomCrop, TrainingSet, _subjects, augmentation, masked_bce, masked_soft_dice, source_of, train
 
 
 @pytest.mark.parametrize("shape", [(7, 9, 3), (20, 14, 6), (5, 5, 5)])
@@ -160,6 +160,55 @@ def test_training_flips_move_patch_maps_and_truth_together():
     assert augmentation(CNNConfig()).transforms[0].__class__.__name__ == "RandomNoise"  # the paper's: no flips
 
 
+def _indexed_subject(shape, truth_at=()):
+    """A subject whose FLAIR channel holds each voxel's flat index, to see where a crop fell."""
+    import torchio as tio
+
+    index = torch.arange(float(np.prod(shape))).reshape(1, *shape)
+    truth = torch.zeros(1, *shape, dtype=torch.uint8)
+    for voxel in truth_at:
+        truth[(0, *voxel)] = 1
+    return tio.Subject(flairs=tio.ScalarImage(tensor=index.repeat(2, 1, 1, 1)), truth=tio.LabelMap(tensor=truth))
+
+
+def test_random_crops_of_a_large_patch_keep_its_truth_and_reach_every_voxel():
+    crop = RandomCrop((8, 8, 4))
+    torch.manual_seed(0)
+    fp, tp = _indexed_subject((12, 10, 6)), _indexed_subject((12, 10, 6), truth_at=[(1, 1, 0), (10, 8, 5)])
+    seen, tp_seen = set(), set()
+    for _ in range(400):
+        out = crop(fp)
+        assert out.spatial_shape == (8, 8, 4)
+        seen.update(out["flairs"].data[0].flatten().long().tolist())
+        out = crop(tp)
+        assert out.spatial_shape == (8, 8, 4) and out["truth"].data.sum() >= 1  # a TP draw stays TP
+        index = out["flairs"].data[0]
+        assert torch.equal(out["truth"].data[0].bool(), torch.isin(index, torch.tensor([60 + 6.0, 10 * 60 + 8 * 6 + 5])))
+        tp_seen.update(index[out["truth"].data[0].bool()].long().tolist())
+    assert seen == set(range(12 * 10 * 6))  # over the draws, all of the patch, as inference sees it
+    assert tp_seen == {60 + 6, 10 * 60 + 8 * 6 + 5}  # both lesions, at opposite corners
+    small = _indexed_subject((5, 8, 2))
+    assert torch.equal(crop(small)["flairs"].data, small["flairs"].data)  # within the limit: left whole
+
+
+def test_train_crop_chooses_between_one_centre_crop_and_a_random_one_per_draw():
+    data = TrainingSet()
+    truth = np.zeros((40, 10, 4), bool)
+    truth[1, 5, 2] = True
+    data.add(np.ones((5, 40, 10, 4), np.float32), truth, infratentorial=False, source="toy")
+    centre = _subjects(data, CNNConfig())
+    assert centre[0].spatial_shape == (32, 10, 4) and centre[0]["truth"].data.sum() == 0  # the lesion is cut off
+    assert not any(isinstance(t, RandomCrop) for t in augmentation(CNNConfig()).transforms)
+    cfg = CNNConfig(train_crop="random")
+    whole = _subjects(data, cfg)
+    assert whole[0].spatial_shape == (40, 10, 4)
+    torch.manual_seed(0)
+    out = augmentation(replace(cfg, augment_probability=0.0))(whole[0])
+    assert out.spatial_shape == (32, 10, 4) and out["truth"].data.sum() == 1
+    with pytest.raises(ConfigError, match="train_crop"):
+        CNNConfig(train_crop="corner")
+
+
 def test_sampling_proportions_over_many_epochs():
     cfg = CNNConfig(patches_per_epoch=None)
     rng = np.random.default_rng(0)
@@ -302,6 +351,10 @@ def test_a_tiny_training_run_lowers_the_loss():
                          size_bucket_window=4)
     _, history = train(_toy_set(), bucketed, seed=0, device=torch.device("cpu"))
     assert history[-1] < 0.6 * history[0]
+    cropped = replace(cfg, train_crop="random", train_max_patch=(6, 6, 4))
+    _, history = train(_toy_set(), cropped, seed=0, device=torch.device("cpu"))
+    _, again = train(_toy_set(), cropped, seed=0, device=torch.device("cpu"))
+    assert history[-1] < 0.6 * history[0] and again == history  # the random crops follow the seed
 
 
 def test_training_balances_sources_by_the_folder_in_each_pair_name(monkeypatch):
