@@ -176,7 +176,8 @@ class CNNConfig(_Serialisable):
     # its centre. "random": at every draw, round a truth voxel drawn at random when the patch
     # holds truth (a TP draw stays TP), anywhere in it otherwise, so over the epochs the net
     # sees all of a large patch, as inference does. Step one's largest candidates (patient01:
-    # 124 x 124 x 23 voxels) hold most of some pairs' lesions outside the centre crop.
+    # 124 x 124 x 23 voxels) hold most of some pairs' lesions outside the centre crop. "random"
+    # cost patient01 left out half its F1, so it is not the default (docs/benchmarks.md).
     train_crop: Literal["centre", "random"] = "centre"
     # Training batches of similar-sized patches (ours): the epoch's patches are sorted by size
     # within windows of this many batches (see msnl.sampling.size_bucketed_batches). None keeps
