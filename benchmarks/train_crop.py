@@ -25,12 +25,13 @@ sys.path.insert(0, str(ROOT))
 from cnn import _grid  # noqa: E402  (benchmarks/cnn.py)
 from msnl.config import CNNConfig, ConfigError  # noqa: E402
 from msnl.inference import boxes_of  # noqa: E402
+from msnl.patches import centre_window  # noqa: E402
 from pipelines.train import prepare_pairs, step_one_config  # noqa: E402
 from storage.pairs import read_candidate_table  # noqa: E402
 from storage.training_data import read_truth  # noqa: E402
 
 
-def coverage(pair, max_shape: np.ndarray) -> tuple[int, int, int, int]:
+def coverage(pair, max_shape: tuple[int, int, int]) -> tuple[int, int, int, int]:
     """(TP patches, those larger than `max_shape`, truth voxels in TP patches, in their centre crops)."""
     truth = read_truth(pair, _grid(pair)) > 0
     in_tp, in_crop = np.zeros(truth.shape, bool), np.zeros(truth.shape, bool)
@@ -43,9 +44,7 @@ def coverage(pair, max_shape: np.ndarray) -> tuple[int, int, int, int]:
         tp += 1
         large += bool((shape > max_shape).any())
         in_tp[box] = True
-        keep = np.minimum(shape, max_shape)
-        start = lo + (shape - keep) // 2  # msnl.patches.centre_crop
-        in_crop[tuple(slice(a, a + n) for a, n in zip(start, keep))] = True
+        in_crop[tuple(slice(a + w.start, a + w.stop) for a, w in zip(lo, centre_window(shape, max_shape)))] = True
     return tp, large, int((truth & in_tp).sum()), int((truth & in_crop).sum())
 
 
@@ -60,7 +59,7 @@ def main() -> None:
         step_one = step_one_config(args.step_one)
     except ConfigError as exc:
         parser.error(str(exc))
-    max_shape = np.asarray(CNNConfig().train_max_patch)
+    max_shape = CNNConfig().train_max_patch
     totals = np.zeros(4, int)
     print(f"{'pair':<44} {'TP patches':>10} {'larger':>7} {'truth in TP':>12} {'in centre crop':>15}")
     for pair in prepare_pairs(args.sources, args.work, step_one, progress=False):

@@ -18,13 +18,16 @@ def scale(patch: np.ndarray, cfg: CNNConfig) -> np.ndarray:
     return (patch / np.asarray(cfg.input_scale, dtype=np.float32)[:, None, None, None]).astype(np.float32)
 
 
+def centre_window(shape: tuple[int, ...], max_shape: tuple[int, int, int]) -> tuple[slice, ...]:
+    """The voxels of a patch of spatial `shape` that its centre crop to at most `max_shape` keeps."""
+    return tuple(slice(max((size - cap) // 2, 0), max((size - cap) // 2, 0) + min(size, cap))
+                 for size, cap in zip(shape, max_shape))
+
+
 def centre_crop(patch: np.ndarray, truth: np.ndarray, max_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Crop a (C, X, Y, Z) patch and its truth to at most `max_shape`, around the centre."""
-    box = []
-    for size, cap in zip(patch.shape[1:], max_shape):
-        start = max((size - cap) // 2, 0)
-        box.append(slice(start, start + min(size, cap)))
-    return patch[(slice(None), *box)], truth[tuple(box)]
+    box = centre_window(patch.shape[1:], max_shape)
+    return patch[(slice(None), *box)], truth[box]
 
 
 def pad_batch(patches: list[torch.Tensor], truths: list[torch.Tensor] | None = None):
