@@ -30,12 +30,19 @@ from pipelines.train import prepare_pairs  # noqa: E402
 from storage.pairs import read_candidate_table, read_pair_array  # noqa: E402
 
 
+def box_union(boxes, shape: tuple[int, int, int]) -> np.ndarray:
+    """The voxels of a grid of `shape` inside any of the patch `boxes` (msnl.inference.boxes_of)."""
+    out = np.zeros(shape, bool)
+    for lo, hi in boxes:
+        out[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return out
+
+
 def reach(pair) -> dict[str, tuple[int, int]]:
     """(detected, scored truth lesions) for the candidate voxels and for the union of the boxes."""
     grid = _grid(pair)
-    boxes = np.zeros(grid.data.shape, bool)
-    for lo, hi in boxes_of(read_candidate_table(pair.store, pair.subject, pair.from_visit, pair.to_visit)):
-        boxes[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    boxes = box_union(boxes_of(read_candidate_table(pair.store, pair.subject, pair.from_visit, pair.to_visit)),
+                      grid.data.shape)
     candidates = read_pair_array(pair.store, pair.subject, pair.from_visit, pair.to_visit, "candidates") > 0
     out = {}
     for name, mask in (("candidates", candidates), ("boxes", boxes)):
