@@ -9,8 +9,9 @@ config sets (or along patch axes 0 and 1 when it sets none), this prints:
 
 - the pair's truth lesions: scored, reachable (at least 10 % of their voxels in step one's patch
   boxes, so a perfect step two could detect them), and detected by the network;
-- its predicted lesions: true, and false ones by volume (under 7 mm³, 7–20 mm³, 20 mm³ and
-  more), with the sizes of the patch boxes that own them (closest centre);
+- its predicted lesions: true and false, then the false ones on the network's own grid by
+  volume (under 7 mm³, 7–20 mm³, 20 mm³ and more), and how many of them the closest-centre
+  stitching gives to patch boxes larger than the training crop (`train_max_patch`);
 - the pair's patches as `msnl train` takes them (cropped as the config's `train_crop` says),
   each predicted on its own: TP patches with no voxel above the threshold, FP patches with any.
 
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from cnn import REAL, _grid, _on_truth_grid  # noqa: E402  (benchmarks/cnn.py)
 from msnl.cnn import as_model, members_of  # noqa: E402
 from msnl.inference import boxes_of, load_weights, predict_patches, segment, stitch  # noqa: E402
-from msnl.metrics import DETECTION_FRACTION, lesions  # noqa: E402
+from msnl.metrics import DETECTION_FRACTION, lesions, score_lesions  # noqa: E402
 from msnl.patches import centre_crop  # noqa: E402
 from msnl.scan import LabelMap  # noqa: E402
 from msnl.step_two import stitched_logits  # noqa: E402
@@ -60,8 +61,7 @@ def lesion_report(pair, model, cfg, infra_mm: float) -> list[str]:
     t_labels, t_scored = lesions(truth)
     reachable = np.asarray(ndimage.mean(reach.data, t_labels, t_scored)) >= DETECTION_FRACTION
     detected = np.asarray(ndimage.mean(pred.data, t_labels, t_scored)) >= DETECTION_FRACTION
-    p_labels, p_scored = lesions(pred)
-    n_false = int((np.asarray(ndimage.mean(truth.data, p_labels, p_scored)) < DETECTION_FRACTION).sum())
+    score = score_lesions(pred, truth)
     # false lesions on the network's own grid, where each voxel has the box that stitching gave it
     owner = stitch([np.full(np.subtract(hi, lo), n, np.float32) for n, (lo, hi) in enumerate(boxes)], boxes,
                    grid.shape, grid.spacing, fill=-1).astype(int)
@@ -76,14 +76,11 @@ def lesion_report(pair, model, cfg, infra_mm: float) -> list[str]:
         lo, hi = boxes[int(np.bincount(owner[voxels] + 1).argmax()) - 1]
         big += bool(np.any(np.subtract(hi, lo) > np.asarray(cfg.train_max_patch)))
     bins = np.bincount(np.digitize(sizes, SIZE_BINS_MM3), minlength=3)
-    sens = detected.mean() if len(t_scored) else float("nan")
-    ppv = 1 - n_false / len(p_scored) if len(p_scored) else float("nan")
-    f1 = 2 * sens * ppv / (sens + ppv) if sens + ppv > 0 else 0.0
     return [
-        f"  lesion F1 {f1:.3f} (sensitivity {sens:.3f}, PPV {ppv:.3f})",
+        f"  lesion F1 {score.f1:.3f} (sensitivity {score.sensitivity:.3f}, PPV {score.ppv:.3f})",
         f"  truth lesions {len(t_scored)}: reachable {int(reachable.sum())}, detected {int(detected.sum())} "
         f"({int((detected & reachable).sum())} of the reachable)",
-        f"  predicted lesions {len(p_scored)}: true {len(p_scored) - n_false}, false {n_false}",
+        f"  predicted lesions {score.predicted_lesions}: true {score.true_predicted}, false {score.fp_lesions}",
         f"  on the network's grid, {len(sizes)} false lesions: under 7 mm³ {bins[0]}, 7-20 mm³ {bins[1]}, "
         f"20 mm³ and more {bins[2]}; {big} owned by boxes larger than the training crop {tuple(cfg.train_max_patch)}",
     ]
