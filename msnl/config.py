@@ -225,6 +225,8 @@ class CNNConfig(_Serialisable):
             raise ConfigError(f"size_bucket_window must be at least 1 or None, got {self.size_bucket_window}")
         if self.tp_patches not in ("any_truth", "own_component"):
             raise ConfigError(f"tp_patches must be 'any_truth' or 'own_component', got {self.tp_patches!r}")
+        if not isinstance(self.balance_sources, bool):  # JSON's 1 or "yes" would read as true
+            raise ConfigError(f"balance_sources must be true or false, got {self.balance_sources!r}")
         if self.train_crop not in ("centre", "random"):
             raise ConfigError(f"train_crop must be 'centre' or 'random', got {self.train_crop!r}")
         if self.flair_input not in ("grey_levels", "intensities"):

@@ -63,6 +63,7 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
     assert cnn_config(["size_bucket_window=8", "widths=[8, 8, 8, 8, 8, 8]"], epochs=3).size_bucket_window == 8
     assert cnn_config(["tp_patches=own_component"]).tp_patches == cnn_config(['tp_patches="own_component"']).tp_patches == "own_component"
     assert cnn_config(["flair_input=intensities"]).flair_input == "intensities"
+    assert cnn_config(["balance_sources=true"]).balance_sources is True
     for option, said in (("no_such_field=1", "CNNConfig has no field 'no_such_field'"),
                          ("size_bucket_window", "KEY=VALUE"),
                          ("size_bucket_window=eight", "must be JSON"),
@@ -70,6 +71,7 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys):
                          ("tp_patches=margin", "tp_patches must be 'any_truth' or 'own_component'"),
                          ("flair_input=raw", "flair_input must be 'grey_levels' or 'intensities'"),
                          ("context_voxels=-1", "context_voxels must be at least 0"),
+                         ("balance_sources=1", "balance_sources must be true or false, got 1"),
                          ("widths=3", "--option widths=3: a value of the wrong kind")):
         assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--work", str(tmp_path / "work"),
                      "--option", option]) == 2
