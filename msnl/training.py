@@ -22,7 +22,7 @@ import torchio as tio
 from torch.utils.data import DataLoader
 
 from msnl.cnn import PatchCNN, members_of
-from msnl.config import CNNConfig, ConfigError
+from msnl.config import CNNConfig, ConfigError, StepOneConfig
 from msnl.errors import InputError
 from msnl.inference import load_weights, trained_candidates, weights_digest
 from msnl.patches import centre_crop, pad_batch, scale
@@ -67,15 +67,19 @@ class TrainingSet:
         return len(self.patches)
 
     def digest(self) -> str:
-        """A hash of every patch, truth and flag and of the step-one settings: two sets with the
-        same digest train the same network."""
+        """A hash of every patch, truth and flag and of the step-one settings that are not
+        StepOneConfig's defaults: two sets with the same digest train the same network. A
+        setting that a later msnl adds, at its default, leaves the digest as it was, so a
+        training stopped before an upgrade still resumes after it."""
         h = hashlib.blake2b(digest_size=16)
         for patch, truth, infra, source, own in zip(self.patches, self.truths, self.infratentorial, self.sources,
                                                     self.own_hits):
             h.update(repr((patch.shape, str(patch.dtype), infra, source, own)).encode())
             h.update(np.ascontiguousarray(patch))
             h.update(np.packbits(truth))
-        h.update(repr(sorted((self.step_one or {}).items())).encode())
+        defaults = StepOneConfig().candidate_settings()
+        changed = {k: v for k, v in (self.step_one or {}).items() if k not in defaults or defaults[k] != v}
+        h.update(repr(sorted(changed.items())).encode())
         return h.hexdigest()
 
 

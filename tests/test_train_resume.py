@@ -10,7 +10,7 @@ import torch
 
 import msnl.training
 from msnl.cnn import members_of
-from msnl.config import CNNConfig
+from msnl.config import CNNConfig, StepOneConfig
 from msnl.errors import InputError
 from msnl.inference import load_weights
 from pipelines.train import checkpoint_path, train_and_save
@@ -128,3 +128,17 @@ def test_a_checkpoint_whose_config_reads_otherwise_is_refused_and_kept(tmp_path,
     with pytest.raises(InputError, match="another training \\(its config differs from"):
         train_and_save(_toy_set(), out, cfg, seed=0, progress=False)
     assert checkpoint_path(out).read_bytes() == saved and not out.exists()
+
+
+def test_a_step_one_setting_added_at_its_default_leaves_the_data_digest_as_it_was():
+    def digest(settings):
+        data = _toy_set()
+        data.step_one = settings
+        return data.digest()
+
+    now = StepOneConfig().candidate_settings()
+    older = {k: v for k, v in now.items() if k != "match_resolution_ratio"}  # before msnl had it
+    assert digest(older) == digest(now) == digest(None)
+    assert digest(StepOneConfig(match_resolution_ratio=1.5).candidate_settings()) != digest(now)
+    assert digest({**older, "opening_radius_mm": 0.0}) != digest(older)
+    assert digest({**now, "newer_setting": 1}) != digest(now)  # a setting this msnl does not know
