@@ -162,6 +162,13 @@ class CNNConfig(_Serialisable):
     # training flips at random, each with probability 0.5, patch and truth alike (ours; torchio
     # RandomFlip; the paper augments with noise and bias field only). () keeps the paper's.
     augment_flip_axes: tuple[int, ...] = ()
+    # Probability that training blurs a patch's visit-1 channel as a thick slice would (ours;
+    # the paper augments with noise and bias field only): a running mean along voxel axis 0 or
+    # 1, over a width drawn from `thick_slice_voxels`. Step one's false candidates crowd pairs
+    # whose visit 1 has thicker slices than visit 2 (docs/benchmarks.md); this shows the net
+    # such blur on lesions and non-lesions alike. 0 keeps the paper's. Figures: docs/benchmarks.md.
+    augment_thick_slices: float = 0.0
+    thick_slice_voxels: tuple[int, int] = (2, 5)
     # Paper §2.4: sigmoid, then "binarized the final image with threshold of 0.75".
     threshold: float = 0.75
     # Smallest new lesion kept after the threshold, in mm³ (ours; the paper keeps every
@@ -241,7 +248,11 @@ class CNNConfig(_Serialisable):
                 raise ConfigError(f"{name} must list distinct voxel axes among 0, 1, 2, got {axes}")
         if not 0 < self.tp_share < 1:
             raise ConfigError(f"tp_share must be in (0, 1), got {self.tp_share}")
-        for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability"):
+        low, high = self.thick_slice_voxels
+        if not 2 <= low <= high:
+            raise ConfigError(f"thick_slice_voxels must be two widths with 2 <= low <= high, got {self.thick_slice_voxels}")
+        for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability",
+                     "augment_thick_slices"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 

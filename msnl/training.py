@@ -127,16 +127,52 @@ class RandomCrop(tio.Transform):
         return tio.Crop([int(v) for pair in zip(start, after) for v in pair])(subject)
 
 
+class RandomThickSlices(tio.Transform):
+    """With probability `p`, replace visit 1's FLAIR (channel 0 of "flairs") by its running
+    mean along voxel axis 0 or 1 over `low`..`high` voxels, edges repeated: the partial volume
+    of a slice that many voxels thick (CNNConfig.augment_thick_slices). Visit 2, the distance
+    maps and the truth are left alone. Draws from torch's generator, which training seeds and
+    checkpoints."""
+
+    def __init__(self, p: float, widths: tuple[int, int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chance, self.widths = p, widths
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        if float(torch.rand(())) >= self.chance:
+            return subject
+        axis = int(torch.randint(2, ()))
+        width = int(torch.randint(self.widths[0], self.widths[1] + 1, ()))
+        data = subject["flairs"].data.clone()
+        data[0] = thick_slice(data[0], axis, width)
+        subject["flairs"].set_data(data)
+        return subject
+
+
+def thick_slice(volume: torch.Tensor, axis: int, width: int) -> torch.Tensor:
+    """Running mean of `volume` along `axis` over `width` voxels (the window ends
+    `width // 2` voxels after each voxel), edge voxels repeated so the shape is kept."""
+    moved = volume.movedim(axis, -1)
+    before, after = (width - 1) - width // 2, width // 2
+    padded = torch.cat([moved[..., :1].expand(*moved.shape[:-1], before), moved,
+                        moved[..., -1:].expand(*moved.shape[:-1], after)], dim=-1)
+    sums = torch.nn.functional.pad(padded.cumsum(-1), (1, 0))
+    return ((sums[..., width:] - sums[..., :-width]) / width).movedim(-1, axis)
+
+
 def augmentation(cfg: CNNConfig) -> tio.Transform:
     """Paper §2.1: torchio's random noise and random bias field, each with probability 0.3,
     on the two FLAIR channels only (distance maps are geometry, not signal). With
     `augment_flip_axes` (ours), random flips of every channel and the truth come first; with
-    `train_crop="random"` (ours), the random crop of a large patch before them."""
+    `train_crop="random"` (ours), the random crop of a large patch before them; with
+    `augment_thick_slices` (ours), visit 1's thick-slice blur after the flips, before the
+    noise and bias field an acquisition adds on top."""
     p = cfg.augment_probability
     signal = [tio.RandomNoise(p=p, include=["flairs"]), tio.RandomBiasField(p=p, include=["flairs"])]
     flips = [tio.RandomFlip(axes=cfg.augment_flip_axes, flip_probability=0.5)] if cfg.augment_flip_axes else []
     crop = [RandomCrop(cfg.train_max_patch)] if cfg.train_crop == "random" else []
-    return tio.Compose(crop + flips + signal)
+    thick = [RandomThickSlices(cfg.augment_thick_slices, cfg.thick_slice_voxels)] if cfg.augment_thick_slices else []
+    return tio.Compose(crop + flips + thick + signal)
 
 
 def _collate(subjects: list[tio.Subject]):

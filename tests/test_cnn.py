@@ -15,7 +15,8 @@ from msnl.metrics import score_lesions
 from msnl.patches import candidate_hits
 from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 from msnl.scan import LabelMap
-from msnl.training import RandomCrop, TrainingSet, _subjects, augmentation, masked_bce, masked_soft_dice, source_of, train
+from msnl.training import (RandomCrop, RandomThickSlices, TrainingSet, _subjects, augmentation, masked_bce, masked_soft_dice,
+                           source_of, thick_slice, train)
 
 
 @pytest.mark.parametrize("shape", [(7, 9, 3), (20, 14, 6), (5, 5, 5)])
@@ -207,6 +208,49 @@ def test_train_crop_chooses_between_one_centre_crop_and_a_random_one_per_draw():
     assert out.spatial_shape == (32, 10, 4) and out["truth"].data.sum() == 1
     with pytest.raises(ConfigError, match="train_crop"):
         CNNConfig(train_crop="corner")
+
+
+def test_thick_slice_is_a_running_mean_along_one_axis_that_keeps_the_shape():
+    volume = torch.zeros(6, 4, 3)
+    volume[2, 1, 1] = 6.0
+    three = thick_slice(volume, 0, 3)
+    assert three.shape == volume.shape and three.sum() == 6.0
+    assert torch.equal(three[1:4, 1, 1], torch.full((3,), 2.0)) and three[[0, 4, 5], 1, 1].sum() == 0
+    assert torch.count_nonzero(three) == 3  # axes 1 and 2 untouched
+    two = thick_slice(volume, 1, 2)  # an even width: the voxel and the next one
+    assert torch.equal(two[2, :, 1], torch.tensor([3.0, 3.0, 0.0, 0.0]))
+    ramp = torch.arange(5.0).reshape(5, 1, 1).expand(5, 2, 2)
+    assert torch.equal(thick_slice(ramp, 0, 3)[:, 0, 0], torch.tensor([1 / 3, 1.0, 2.0, 3.0, 11 / 3]))  # edges repeated
+    assert torch.equal(thick_slice(torch.full((4, 4, 2), 5.0), 1, 4), torch.full((4, 4, 2), 5.0))
+
+
+def test_thick_slice_augmentation_blurs_visit_one_only():
+    import torchio as tio
+
+    rng = torch.Generator().manual_seed(1)
+    flairs = torch.rand(2, 8, 8, 3, generator=rng)
+    subject = tio.Subject(flairs=tio.ScalarImage(tensor=flairs.clone()), maps=tio.ScalarImage(tensor=torch.rand(3, 8, 8, 3)),
+                          truth=tio.LabelMap(tensor=(flairs[:1] > 0.5).to(torch.uint8)))
+    torch.manual_seed(0)
+    widths, axes = set(), set()
+    for _ in range(64):
+        out = RandomThickSlices(1.0, (2, 4))(subject)
+        assert torch.equal(out["flairs"].data[1], flairs[1]) and torch.equal(out["maps"].data, subject["maps"].data)
+        assert torch.equal(out["truth"].data, subject["truth"].data)
+        blurred = out["flairs"].data[0]
+        match = [(a, w) for a in (0, 1) for w in (2, 3, 4) if torch.allclose(blurred, thick_slice(flairs[0], a, w))]
+        assert len(match) == 1
+        axes.add(match[0][0])
+        widths.add(match[0][1])
+    assert axes == {0, 1} and widths == {2, 3, 4}  # never axis 2, every width drawn
+    assert torch.equal(subject["flairs"].data, flairs)  # the stored patch is not changed in place
+    assert torch.equal(RandomThickSlices(0.0, (2, 4))(subject)["flairs"].data, flairs)
+    assert not any(isinstance(t, RandomThickSlices) for t in augmentation(CNNConfig()).transforms)  # the paper's
+    assert any(isinstance(t, RandomThickSlices) for t in augmentation(CNNConfig(augment_thick_slices=0.3)).transforms)
+    with pytest.raises(ConfigError, match="thick_slice_voxels"):
+        CNNConfig(thick_slice_voxels=(1, 3))
+    with pytest.raises(ConfigError, match="augment_thick_slices"):
+        CNNConfig(augment_thick_slices=1.5)
 
 
 def test_sampling_proportions_over_many_epochs():
