@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a CNNConfig field (msnl/config.py), e.g. --option size_bucket_window=8")
     p.add_argument("--step-one", action="append", default=[], metavar="KEY=VALUE", help=_STEP_ONE_HELP)
     p.add_argument("--exclude", nargs="*", default=[], metavar="SUBJECT", help="leave these subjects out (e.g. patient01)")
-    p.add_argument("--workers", type=int, default=None, help="step-one worker processes (default: one per core)")
+    p.add_argument("--workers", type=int, default=None, help="step-one worker processes (default: one per CPU this job may use)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a BIDS folder or a CSV manifest, as for `msnl ingest`")
     p.add_argument("store", help="the Zarr store")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use this Dask scheduler (tcp://host:8786)")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per CPU this job may use)")
     p.add_argument("--weights", default=None, help="CNN weights (default: the shipped ones)")
     p.add_argument("--step-one", action="append", default=[], metavar="KEY=VALUE", help=_STEP_ONE_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "per-arm endpoints and the command that opens the dashboard. A second run reuses what is there.",
     )
     p.add_argument("dir", nargs="?", default="msnl-demo", help="working folder (default: ./msnl-demo)")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per CPU this job may use)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(

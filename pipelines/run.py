@@ -9,7 +9,6 @@ and weights, so a re-run skips what is done and a crash loses only the tasks in 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from msnl.config import StepOneConfig
 from msnl.errors import MsnlError
 from pipelines.ingest import run_ingest
-from pipelines.threads import thread_env
+from pipelines.threads import default_workers, thread_env
 from msnl.step_one import software_versions
 from storage.corrected import correct_stored_visit
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs, result_key
@@ -150,7 +149,7 @@ def cnn_resources(client: Client) -> dict[str, int] | None:
 
 
 def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
-    n = workers or max(1, min(os.cpu_count() or 1, todo))
+    n = workers or default_workers(todo)
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1), preload=["pipelines.worker"],
                         dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR)
 

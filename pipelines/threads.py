@@ -1,5 +1,6 @@
 """Thread caps for worker processes: ITK (antspyx) and torch each use every core by default,
-so two workers on two cores would fight over four threads."""
+so two workers on two cores would fight over four threads. Counts start from the CPUs a job
+may use, not the node's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,20 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+import dask.system
+
 _VARS = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: a cluster job's allocation (its CPU affinity and cgroup
+    quota, as dask reads them), not the whole node's cores that `os.cpu_count` counts."""
+    return max(1, dask.system.cpu_count())
+
+
+def default_workers(tasks: int) -> int:
+    """One worker process per usable CPU, and no more than there are tasks."""
+    return max(1, min(usable_cpus(), tasks))
 
 
 def thread_env(per_worker: int) -> dict[str, str]:

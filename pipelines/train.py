@@ -8,7 +8,6 @@ a re-run reuses what is there.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from dask.diagnostics import ProgressBar
 
 from msnl.config import StepOneConfig
 from pipelines.ingest import run_ingest
-from pipelines.threads import capped_threads
+from pipelines.threads import capped_threads, default_workers, usable_cpus
 from storage.pairs import process_pair
 from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, training_pairs, work_store
 
@@ -93,9 +92,9 @@ def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = N
         if summary.failed:
             log.warning("%s: %d scans failed to ingest; their pairs are left out", source, summary.failed)
         pairs += training_pairs(source, store)
-    workers = workers or min(os.cpu_count() or 1, max(len(pairs), 1))
+    workers = workers or default_workers(len(pairs))
     tasks = [dask.delayed(_step_one, pure=False)(p, cfg) for p in pairs]
-    with capped_threads(max(1, (os.cpu_count() or 1) // workers)):
+    with capped_threads(max(1, usable_cpus() // workers)):
         options = {"scheduler": "processes", "num_workers": workers, "chunksize": 1} if workers > 1 else {"scheduler": "sync"}
         if progress:
             print(f"train: step one on {len(pairs)} pairs ({workers} workers)")
@@ -144,6 +143,7 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
     training stopped part-way (a crash, a kill, a lost node) and run again with the same data,
     options, seed and --out goes on from its last whole epoch, to the weights an unbroken run
     would give; the checkpoint is deleted once the weights are written."""
+    import torch
     from tqdm import tqdm
 
     from msnl.cnn import members_of
@@ -171,6 +171,7 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
             bar.update(1)
 
     device = device_for()
+    torch.set_num_threads(min(torch.get_num_threads(), usable_cpus()))  # a job's CPUs, not the node's
     members, histories = train_members(data, cfg, seed, init_states, on_batch, device, resume,
                                        lambda state: write_checkpoint(checkpoint, key, state))
     bar.close()
