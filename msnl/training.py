@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torchio as tio
+from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from msnl.cnn import PatchCNN, members_of
@@ -152,12 +153,8 @@ class RandomThickSlices(tio.Transform):
 def thick_slice(volume: torch.Tensor, axis: int, width: int) -> torch.Tensor:
     """Running mean of `volume` along `axis` over `width` voxels (the window ends
     `width // 2` voxels after each voxel), edge voxels repeated so the shape is kept."""
-    moved = volume.movedim(axis, -1)
-    before, after = (width - 1) - width // 2, width // 2
-    padded = torch.cat([moved[..., :1].expand(*moved.shape[:-1], before), moved,
-                        moved[..., -1:].expand(*moved.shape[:-1], after)], dim=-1)
-    sums = torch.nn.functional.pad(padded.cumsum(-1), (1, 0))
-    return ((sums[..., width:] - sums[..., :-width]) / width).movedim(-1, axis)
+    mean = ndimage.uniform_filter1d(volume.numpy(), width, axis=axis, mode="nearest", origin=-(1 - width % 2))
+    return torch.from_numpy(mean)
 
 
 def augmentation(cfg: CNNConfig) -> tio.Transform:
