@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a BIDS folder (sub-*/ses-*/anat/*_FLAIR.nii[.gz]) or a CSV manifest "
                    "with columns subject, visit, path [, acquired_on, arm, site]")
     p.add_argument("store", help="the Zarr store to create or update (a folder)")
-    p.add_argument("--workers", type=int, default=None, help="parallel threads (default: one per core)")
+    p.add_argument("--workers", type=int, default=None, help="parallel threads (default: one per CPU this job may use)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_ingest)
 
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-lesions", default=None, metavar="DIR",
                    help="a folder of real patients (sub-folders with FLAIR.nii.gz and lesions.nii.gz in MNI "
                    "space, like ../shared/data/lesjak-cross-sectional-mni) whose lesions become new lesions")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU this job may use)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_simulate)
 

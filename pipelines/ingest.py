@@ -10,6 +10,7 @@ from typing import Any
 import dask
 from dask.diagnostics import ProgressBar
 
+from pipelines.threads import default_workers
 from storage import ingest_scan, read_source, write_cohort_table, write_ingest_report
 from storage.layout import clear_staging, open_root
 
@@ -42,6 +43,7 @@ def run_ingest(
     open_root(store, create=True)
     clear_staging(store)
     tasks = [dask.delayed(ingest_scan, pure=False)(str(store), rec) for rec in records]
+    workers = workers or default_workers(len(tasks))
     if progress:
         print(f"ingest: {len(tasks)} scans into {store}")
         with ProgressBar(minimum=0.5):
