@@ -169,6 +169,12 @@ class CNNConfig(_Serialisable):
     # such blur on lesions and non-lesions alike. 0 keeps the paper's. Figures: docs/benchmarks.md.
     augment_thick_slices: float = 0.0
     thick_slice_voxels: tuple[int, int] = (2, 5)
+    # Share of the balanced FP draws that lean towards hard false positives (ours; the paper
+    # draws them uniformly): drawn with probability proportional to the net's highest voxel
+    # probability on the patch when training last saw it (1 until then). The false lesions
+    # left at inference are confident ones (docs/benchmarks.md); this shows the net more of
+    # the FP patches it still gets wrong. 0 keeps the paper's. Figures: docs/benchmarks.md.
+    hard_fp_share: float = 0.0
     # Paper §2.4: sigmoid, then "binarized the final image with threshold of 0.75".
     threshold: float = 0.75
     # Smallest new lesion kept after the threshold, in mm³ (ours; the paper keeps every
@@ -252,7 +258,7 @@ class CNNConfig(_Serialisable):
         if not 2 <= low <= high:
             raise ConfigError(f"thick_slice_voxels must be two widths with 2 <= low <= high, got {self.thick_slice_voxels}")
         for name in ("extra_share", "extra_infratentorial", "extra_infratentorial_tp", "augment_probability",
-                     "augment_thick_slices"):
+                     "augment_thick_slices", "hard_fp_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 

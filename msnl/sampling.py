@@ -24,8 +24,17 @@ def _source_weights(pool: np.ndarray, sources: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
+def _hard_fp(rng: np.random.Generator, fp: np.ndarray, n: int, scores: np.ndarray | None) -> np.ndarray:
+    """`n` FP patches drawn with probability proportional to their score (the net's last highest
+    voxel probability on them), plus a little so that no patch is ever out of reach."""
+    if scores is None or len(scores) <= fp.max():
+        raise ValueError("hard_fp_share needs one score per patch")
+    weights = np.asarray(scores, float)[fp] + 1e-3
+    return rng.choice(fp, n, replace=True, p=weights / weights.sum())
+
+
 def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig, rng: np.random.Generator,
-                  sources: np.ndarray | None = None) -> np.ndarray:
+                  sources: np.ndarray | None = None, fp_scores: np.ndarray | None = None) -> np.ndarray:
     """Patch indices of one epoch, shuffled.
 
     As many FP as TP patches, each drawn uniformly (2 x #TP of them, or `patches_per_epoch`
@@ -36,6 +45,9 @@ def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig,
 
     With `cfg.balance_sources`, `sources` (one label per patch) is required, and the TP and the
     FP draws give every source in their pool an equal share instead of every patch.
+
+    With `cfg.hard_fp_share`, `fp_scores` (one per patch) is required, and that share of the
+    balanced FP draws is drawn in proportion to it instead (`_hard_fp`).
     """
     is_tp, infra = np.asarray(is_tp, bool), np.asarray(infratentorial, bool)
     tp, fp = np.flatnonzero(is_tp), np.flatnonzero(~is_tp)
@@ -56,6 +68,8 @@ def epoch_indices(is_tp: np.ndarray, infratentorial: np.ndarray, cfg: CNNConfig,
                                rng.choice(fp, n_fp, replace=True, p=_source_weights(fp, sources))])
     else:
         base = np.concatenate([rng.choice(tp, n_tp, replace=True), rng.choice(fp, n_fp, replace=True)])
+    if n_hard := int(round(cfg.hard_fp_share * n_fp)):
+        base[len(base) - n_hard :] = _hard_fp(rng, fp, n_hard, fp_scores)
     n_extra = int(round(cfg.extra_share * len(base)))
     n_infra = int(round(cfg.extra_infratentorial * n_extra))
     n_infra_tp = int(round(cfg.extra_infratentorial_tp * n_infra))

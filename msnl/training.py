@@ -202,6 +202,12 @@ def training_loss(logits: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor)
     return masked_bce(logits, truth, mask) + masked_soft_dice(logits, truth, mask)
 
 
+def highest_probability(logits: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Each patch's highest voxel probability over its real (unpadded) voxels."""
+    prob = torch.sigmoid(logits.detach()) * mask
+    return prob.flatten(1).amax(1).cpu().numpy()
+
+
 def device_for() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -246,11 +252,14 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=cfg.lr_step_epochs, gamma=cfg.lr_decay)
     history: list[float] = []
+    fp_scores = np.ones(len(data))  # for hard_fp_share: the net's last highest probability per patch
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimiser.load_state_dict(resume["optimiser"])
         schedule.load_state_dict(resume["schedule"])
         history = list(resume["history"])
+        if "fp_scores" in resume:  # absent from checkpoints written before hard_fp_share
+            fp_scores = resume["fp_scores"].numpy().copy()
         _restore_rng(resume["rng"], rng, device)
     dataset = tio.SubjectsDataset(_subjects(data, cfg), transform=augmentation(cfg))
     is_tp, infra = data.tp_flags(cfg.tp_patches), np.asarray(data.infratentorial)
@@ -258,17 +267,20 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
     volumes = np.array([np.prod(np.minimum(p.shape[1:], cfg.train_max_patch)) for p in data.patches])
     for epoch in range(len(history), cfg.epochs):
         model.train()
-        drawn = epoch_indices(is_tp, infra, cfg, rng, sources)
+        drawn = epoch_indices(is_tp, infra, cfg, rng, sources, fp_scores)
         if cfg.size_bucket_window is None:
             plan = batches(drawn, cfg.batch_size)
         else:
             plan = size_bucketed_batches(drawn, volumes, cfg.batch_size, cfg.size_bucket_window, rng)
         loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in plan], collate_fn=_collate)
         losses = []
-        for i, (x, y, mask) in enumerate(loader):
+        for i, (batch, (x, y, mask)) in enumerate(zip(plan, loader, strict=True)):
             x, y, mask = x.to(device), y.to(device), mask.to(device)
             optimiser.zero_grad()
-            loss = training_loss(model(x, mask), y, mask)
+            logits = model(x, mask)
+            loss = training_loss(logits, y, mask)
+            if cfg.hard_fp_share:
+                fp_scores[batch] = highest_probability(logits, mask)
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
@@ -279,7 +291,8 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
         log.info("epoch %d: loss %.4f", epoch + 1, history[-1])
         if on_epoch:
             on_epoch({"model": _on_cpu(model.state_dict()), "optimiser": copy.deepcopy(optimiser.state_dict()),
-                      "schedule": schedule.state_dict(), "history": list(history), "rng": _rng_state(rng, device)})
+                      "schedule": schedule.state_dict(), "history": list(history), "rng": _rng_state(rng, device),
+                      "fp_scores": torch.from_numpy(fp_scores.copy())})
     return model, history
 
 

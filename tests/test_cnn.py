@@ -322,6 +322,48 @@ def test_balance_sources_off_draws_exactly_as_before():
                                   epoch_indices(is_tp, infra, cfg, np.random.default_rng(5)))
 
 
+def test_hard_fp_share_draws_that_share_of_the_fp_patches_by_their_score():
+    rng = np.random.default_rng(4)
+    is_tp = np.r_[np.ones(100, bool), np.zeros(1000, bool)]
+    infra = np.zeros(len(is_tp), bool)
+    scores = np.zeros(len(is_tp))
+    hot = np.arange(100, 110)  # 10 of the 1,000 FP patches that the net still calls lesions
+    scores[hot] = 1.0
+    cfg = CNNConfig(patches_per_epoch=None, extra_share=0.0, hard_fp_share=0.5)
+    idx = np.concatenate([epoch_indices(is_tp, infra, cfg, rng, None, scores) for _ in range(100)])
+    assert len(idx) == 100 * 200 and is_tp[idx].mean() == 0.5  # the TP/FP balance is kept
+    # half the FP draws uniform (1 % hot), half by score (10.01 of 10.999 weight is hot)
+    expected = 0.5 * 0.01 + 0.5 * 10.01 / 10.999
+    assert abs(np.isin(idx[~is_tp[idx]], hot).mean() - expected) < 0.02
+    plain = replace(cfg, hard_fp_share=0.0)
+    np.testing.assert_array_equal(epoch_indices(is_tp, infra, plain, np.random.default_rng(5), None, scores),
+                                  epoch_indices(is_tp, infra, plain, np.random.default_rng(5)))
+    with pytest.raises(ValueError, match="one score per patch"):
+        epoch_indices(is_tp, infra, cfg, rng)
+    with pytest.raises(ConfigError, match="hard_fp_share"):
+        CNNConfig(hard_fp_share=-0.1)
+
+
+def test_training_scores_each_patch_it_sees_for_the_hard_fp_draws(monkeypatch):
+    cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=2, batch_size=8, lr_step_epochs=10, patches_per_epoch=64,
+                    hard_fp_share=0.5)
+    seen, drawn = [], []
+
+    def spy(*args):
+        seen.append(args[5].copy())
+        drawn.append(epoch_indices(*args))
+        return drawn[-1]
+
+    monkeypatch.setattr("msnl.training.epoch_indices", spy)
+    train(_toy_set(), cfg, seed=0, device=torch.device("cpu"))
+    first, second = seen
+    assert (first == 1).all()  # nothing seen yet: every patch as likely as the hardest
+    touched = np.zeros(len(first), bool)
+    touched[drawn[0]] = True
+    assert (second[~touched] == 1).all()  # patches not drawn keep their score
+    assert ((second[touched] >= 0) & (second[touched] <= 1)).all() and (second[touched] < 1).all()
+
+
 def test_size_bucketed_batches_keep_the_drawn_patches_and_group_sizes():
     rng = np.random.default_rng(1)
     volumes = np.minimum(rng.lognormal(5.8, 0.8, 400).astype(int), 8192)  # skewed, like step one's patches
@@ -410,7 +452,7 @@ def test_training_balances_sources_by_the_folder_in_each_pair_name(monkeypatch):
     seen = []
 
     def spy(*args):
-        seen.append(args[-1])
+        seen.append(args[4])
         return epoch_indices(*args)
 
     monkeypatch.setattr("msnl.training.epoch_indices", spy)

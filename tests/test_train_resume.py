@@ -43,18 +43,19 @@ def _states(path):
     return [m.state_dict() for m in members_of(load_weights(path)[0])]
 
 
-def test_a_stopped_training_goes_on_to_the_weights_of_an_unbroken_run(tmp_path, monkeypatch, capsys):
-    unbroken = train_and_save(_toy_set(), tmp_path / "unbroken.pt", CFG, seed=0, progress=False)
+@pytest.mark.parametrize("cfg", [CFG, replace(CFG, hard_fp_share=0.5)], ids=["paper", "hard-fp"])
+def test_a_stopped_training_goes_on_to_the_weights_of_an_unbroken_run(tmp_path, monkeypatch, capsys, cfg):
+    unbroken = train_and_save(_toy_set(), tmp_path / "unbroken.pt", cfg, seed=0, progress=False)
     assert not checkpoint_path(tmp_path / "unbroken.pt").exists()  # deleted once the weights are written
 
     out = tmp_path / "w.pt"
     with monkeypatch.context() as patch:
         _stop_after(patch, 8 * 4 + 3)  # member 0 done, member 1 part-way through its second epoch
         with pytest.raises(PowerCut):
-            train_and_save(_toy_set(), out, CFG, seed=0, progress=False)
+            train_and_save(_toy_set(), out, cfg, seed=0, progress=False)
     assert not out.exists() and checkpoint_path(out).exists()
 
-    resumed = train_and_save(_toy_set(), out, CFG, seed=0)
+    resumed = train_and_save(_toy_set(), out, cfg, seed=0)
     assert "(4 of 6 epochs done)" in capsys.readouterr().out
     assert resumed == unbroken  # the loss of every epoch, to the last bit
     for mine, theirs in zip(_states(out), _states(tmp_path / "unbroken.pt"), strict=True):
