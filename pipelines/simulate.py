@@ -8,7 +8,7 @@ import dask
 from dask.diagnostics import ProgressBar
 
 from msnl.simulate import SimOptions, SimulationError
-from pipelines.threads import default_workers
+from pipelines.threads import process_options
 from storage.bids import write_participants
 from storage.simulated import write_simulated_subject
 
@@ -33,17 +33,6 @@ def parse_arms(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(arms)
 
 
-def compute_options(n_subjects: int, workers: int | None) -> dict:
-    """Dask's options for simulating `n_subjects`: one process per subject up to the CPUs this
-    job may use (or `workers`), never more than subjects, or in this process when one is all
-    there is."""
-    workers = min(workers, n_subjects) if workers else default_workers(n_subjects)
-    if workers == 1:
-        return {"scheduler": "sync"}
-    # chunksize=1: one subject per submission, so the bar moves as each subject finishes
-    return {"scheduler": "processes", "num_workers": workers, "chunksize": 1}
-
-
 def run_simulate(out: str | Path, n_subjects: int, n_visits: int, seed: int, opts: SimOptions,
                  real_lesions: str | Path | None = None, workers: int | None = None, progress: bool = True) -> Path:
     """Write a simulated BIDS cohort; subject k is identical whatever `n_subjects` is."""
@@ -58,7 +47,7 @@ def run_simulate(out: str | Path, n_subjects: int, n_visits: int, seed: int, opt
 
         anatomies(real)
     tasks = [dask.delayed(write_simulated_subject, pure=False)(str(out), k, n_visits, seed, opts, real) for k in range(n_subjects)]
-    options = compute_options(n_subjects, workers)
+    options = process_options(n_subjects, workers)
     if progress:
         print(f"simulate: {n_subjects} subjects x {n_visits} visits into {out}")
         with ProgressBar(minimum=0.5):

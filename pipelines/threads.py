@@ -24,6 +24,16 @@ def default_workers(tasks: int) -> int:
     return max(1, min(usable_cpus(), tasks))
 
 
+def process_options(tasks: int, workers: int | None = None) -> dict:
+    """Dask's compute options for `tasks` tasks on local worker processes: one per usable CPU
+    (or `workers`), never more than tasks, or in this process when one is all there is."""
+    workers = min(workers, tasks) if workers else default_workers(tasks)
+    if workers <= 1:
+        return {"scheduler": "sync"}
+    # chunksize=1: one task per submission, so a progress bar moves as each task finishes
+    return {"scheduler": "processes", "num_workers": workers, "chunksize": 1}
+
+
 def thread_env(per_worker: int) -> dict[str, str]:
     """The environment that caps a worker process's ITK, OpenMP and BLAS threads."""
     return {v: str(per_worker) for v in _VARS}

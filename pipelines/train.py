@@ -16,7 +16,7 @@ from dask.diagnostics import ProgressBar
 
 from msnl.config import StepOneConfig
 from pipelines.ingest import run_ingest
-from pipelines.threads import capped_threads, default_workers, usable_cpus
+from pipelines.threads import capped_threads, default_workers, process_options, usable_cpus
 from storage.pairs import process_pair
 from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, training_pairs, work_store
 
@@ -95,7 +95,7 @@ def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = N
     workers = workers or default_workers(len(pairs))
     tasks = [dask.delayed(_step_one, pure=False)(p, cfg) for p in pairs]
     with capped_threads(max(1, usable_cpus() // workers)):
-        options = {"scheduler": "processes", "num_workers": workers, "chunksize": 1} if workers > 1 else {"scheduler": "sync"}
+        options = process_options(len(pairs), workers)
         if progress:
             print(f"train: step one on {len(pairs)} pairs ({workers} workers)")
             with ProgressBar(minimum=1.0):

@@ -9,8 +9,7 @@ import dask.system
 import torch
 
 from msnl.config import CNNConfig
-from pipelines.simulate import compute_options
-from pipelines.threads import default_workers, usable_cpus
+from pipelines.threads import default_workers, process_options, usable_cpus
 from pipelines.train import train_and_save
 from tests.test_cnn import _toy_set
 
@@ -27,14 +26,14 @@ def test_a_jobs_allocation_sets_the_worker_count_not_the_nodes_cores(monkeypatch
     assert [default_workers(n) for n in (0, 1, 3, 44)] == [1, 1, 3, 4]
 
 
-def test_simulation_runs_one_process_per_cpu_the_job_has(monkeypatch):
+def test_simulation_and_step_one_run_one_process_per_cpu_the_job_has(monkeypatch):
     _allocate(monkeypatch, 4)
-    assert compute_options(10, None) == {"scheduler": "processes", "num_workers": 4, "chunksize": 1}
-    assert compute_options(3, None)["num_workers"] == 3
-    assert compute_options(10, 2)["num_workers"] == 2
+    assert process_options(10, None) == {"scheduler": "processes", "num_workers": 4, "chunksize": 1}
+    assert process_options(3, None)["num_workers"] == 3
+    assert process_options(10, 2)["num_workers"] == 2
     _allocate(monkeypatch, 1)
-    assert compute_options(10, None) == {"scheduler": "sync"}
-    assert compute_options(1, 8) == {"scheduler": "sync"}
+    assert process_options(10, None) == {"scheduler": "sync"}
+    assert process_options(1, 8) == {"scheduler": "sync"}
 
 
 def test_training_uses_no_more_torch_threads_than_the_job_has(tmp_path, monkeypatch):
