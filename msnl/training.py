@@ -249,7 +249,8 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
     model = PatchCNN(cfg).to(device)
     if init is not None:
         model.load_state_dict(init)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                 decoupled_weight_decay=True)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=cfg.lr_step_epochs, gamma=cfg.lr_decay)
     history: list[float] = []
     fp_scores = np.ones(len(data))  # for hard_fp_share: the net's last highest probability per patch
