@@ -16,7 +16,7 @@ from dask.diagnostics import ProgressBar
 
 from msnl.config import StepOneConfig
 from pipelines.ingest import run_ingest
-from pipelines.threads import capped_threads, default_workers, process_options, usable_cpus
+from pipelines.threads import capped_threads, process_options, usable_cpus
 from storage.pairs import process_pair
 from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, training_pairs, work_store
 
@@ -92,10 +92,10 @@ def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = N
         if summary.failed:
             log.warning("%s: %d scans failed to ingest; their pairs are left out", source, summary.failed)
         pairs += training_pairs(source, store)
-    workers = workers or default_workers(len(pairs))
+    options = process_options(len(pairs), workers)
+    workers = options.get("num_workers", 1)
     tasks = [dask.delayed(_step_one, pure=False)(p, cfg) for p in pairs]
     with capped_threads(max(1, usable_cpus() // workers)):
-        options = process_options(len(pairs), workers)
         if progress:
             print(f"train: step one on {len(pairs)} pairs ({workers} workers)")
             with ProgressBar(minimum=1.0):
