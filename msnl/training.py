@@ -157,19 +157,49 @@ def thick_slice(volume: torch.Tensor, axis: int, width: int) -> torch.Tensor:
     return torch.from_numpy(mean)
 
 
+class RandomShift(tio.Transform):
+    """With probability `p`, move visit 1's FLAIR (channel 0 of "flairs") by a sub-voxel
+    translation drawn uniformly within +-`limits` voxels on each axis, linear interpolation,
+    edges repeated: the residual misregistration a rigid-then-affine registration leaves
+    (CNNConfig.augment_visit1_shift). Visit 2, the distance maps and the truth are left alone.
+    Draws from torch's generator, which training seeds and checkpoints."""
+
+    def __init__(self, p: float, limits: tuple[float, float, float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chance, self.limits = p, torch.tensor(limits, dtype=torch.float64)
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        if float(torch.rand(())) >= self.chance:
+            return subject
+        offset = (2 * torch.rand(3, dtype=torch.float64) - 1) * self.limits
+        data = subject["flairs"].data.clone()
+        data[0] = shifted(data[0], tuple(float(v) for v in offset))
+        subject["flairs"].set_data(data)
+        return subject
+
+
+def shifted(volume: torch.Tensor, offset: tuple[float, float, float]) -> torch.Tensor:
+    """`volume` translated by `offset` voxels (a voxel's value moves to index + offset),
+    linear interpolation, edge voxels repeated so the shape is kept."""
+    moved = ndimage.shift(volume.numpy(), offset, order=1, mode="nearest")
+    return torch.from_numpy(moved)
+
+
 def augmentation(cfg: CNNConfig) -> tio.Transform:
     """Paper §2.1: torchio's random noise and random bias field, each with probability 0.3,
     on the two FLAIR channels only (distance maps are geometry, not signal). With
     `augment_flip_axes` (ours), random flips of every channel and the truth come first; with
     `train_crop="random"` (ours), the random crop of a large patch before them; with
-    `augment_thick_slices` (ours), visit 1's thick-slice blur after the flips, before the
+    `augment_thick_slices` (ours), visit 1's thick-slice blur after the flips; with
+    `augment_visit1_shift` (ours), visit 1's sub-voxel shift after that; both before the
     noise and bias field an acquisition adds on top."""
     p = cfg.augment_probability
     signal = [tio.RandomNoise(p=p, include=["flairs"]), tio.RandomBiasField(p=p, include=["flairs"])]
     flips = [tio.RandomFlip(axes=cfg.augment_flip_axes, flip_probability=0.5)] if cfg.augment_flip_axes else []
     crop = [RandomCrop(cfg.train_max_patch)] if cfg.train_crop == "random" else []
     thick = [RandomThickSlices(cfg.augment_thick_slices, cfg.thick_slice_voxels)] if cfg.augment_thick_slices else []
-    return tio.Compose(crop + flips + thick + signal)
+    shift = [RandomShift(cfg.augment_visit1_shift, cfg.visit1_shift_voxels)] if cfg.augment_visit1_shift else []
+    return tio.Compose(crop + flips + thick + shift + signal)
 
 
 def _collate(subjects: list[tio.Subject]):

@@ -15,8 +15,8 @@ from msnl.metrics import score_lesions
 from msnl.patches import candidate_hits
 from msnl.sampling import batches, epoch_indices, size_bucketed_batches
 from msnl.scan import LabelMap
-from msnl.training import (RandomCrop, RandomThickSlices, TrainingSet, _subjects, augmentation, masked_bce, masked_soft_dice,
-                           source_of, thick_slice, train)
+from msnl.training import (RandomCrop, RandomShift, RandomThickSlices, TrainingSet, _subjects, augmentation, masked_bce,
+                           masked_soft_dice, shifted, source_of, thick_slice, train)
 
 
 @pytest.mark.parametrize("shape", [(7, 9, 3), (20, 14, 6), (5, 5, 5)])
@@ -251,6 +251,54 @@ def test_thick_slice_augmentation_blurs_visit_one_only():
         CNNConfig(thick_slice_voxels=(1, 3))
     with pytest.raises(ConfigError, match="augment_thick_slices"):
         CNNConfig(augment_thick_slices=1.5)
+
+
+def test_shifted_moves_a_volume_by_sub_voxel_offsets_with_linear_interpolation():
+    volume = torch.zeros(6, 5, 4, dtype=torch.float64)
+    volume[2, 2, 1] = 8.0
+    whole = shifted(volume, (1.0, -1.0, 2.0))
+    assert whole.shape == volume.shape and whole[3, 1, 3] == 8.0 and torch.count_nonzero(whole) == 1
+    half = shifted(volume, (0.5, 0.0, 0.25))  # split between neighbours, mass kept
+    assert half[2, 2, 1] == pytest.approx(3.0) and half[3, 2, 1] == pytest.approx(3.0)
+    assert half[2, 2, 2] == pytest.approx(1.0) and half[3, 2, 2] == pytest.approx(1.0)
+    assert float(half.sum()) == pytest.approx(8.0)
+    ramp = torch.arange(5.0, dtype=torch.float64).reshape(5, 1, 1).expand(5, 2, 2)
+    assert torch.allclose(shifted(ramp, (1.0, 0.0, 0.0))[:, 0, 0], torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0], dtype=torch.float64))
+
+
+def test_visit_one_shift_augmentation_moves_visit_one_only_within_its_limits():
+    import torchio as tio
+
+    rng = torch.Generator().manual_seed(1)
+    flairs = torch.zeros(2, 9, 9, 5)
+    flairs[0, 4, 4, 2] = 1.0  # visit 1: one bright voxel, whose centre of mass shows the shift
+    flairs[1] = torch.rand(9, 9, 5, generator=rng)
+    subject = tio.Subject(flairs=tio.ScalarImage(tensor=flairs.clone()), maps=tio.ScalarImage(tensor=torch.rand(3, 9, 9, 5)),
+                          truth=tio.LabelMap(tensor=(flairs[1:] > 0.5).to(torch.uint8)))
+    torch.manual_seed(0)
+    limits = (1.0, 0.5, 0.25)
+    offsets = []
+    for _ in range(200):
+        out = RandomShift(1.0, limits)(subject)
+        assert torch.equal(out["flairs"].data[1], flairs[1]) and torch.equal(out["maps"].data, subject["maps"].data)
+        assert torch.equal(out["truth"].data, subject["truth"].data)
+        moved = out["flairs"].data[0].double()
+        assert float(moved.sum()) == pytest.approx(1.0, abs=1e-5)
+        grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in moved.shape), indexing="ij"))
+        offsets.append((grid * moved).sum(dim=(1, 2, 3)) - torch.tensor([4.0, 4.0, 2.0], dtype=torch.float64))
+    offsets = torch.stack(offsets)
+    reach = offsets.abs().max(dim=0).values
+    for axis, limit in enumerate(limits):  # within each limit, and drawn across most of it
+        assert 0.8 * limit < float(reach[axis]) <= limit + 1e-5
+    assert (offsets > 0).any(dim=0).all() and (offsets < 0).any(dim=0).all()  # both directions
+    assert torch.equal(subject["flairs"].data, flairs)  # the stored patch is not changed in place
+    assert torch.equal(RandomShift(0.0, limits)(subject)["flairs"].data, flairs)
+    assert not any(isinstance(t, RandomShift) for t in augmentation(CNNConfig()).transforms)  # the paper's
+    assert any(isinstance(t, RandomShift) for t in augmentation(CNNConfig(augment_visit1_shift=0.3)).transforms)
+    with pytest.raises(ConfigError, match="visit1_shift_voxels"):
+        CNNConfig(visit1_shift_voxels=(1.0, -0.5, 0.3))
+    with pytest.raises(ConfigError, match="augment_visit1_shift"):
+        CNNConfig(augment_visit1_shift=-0.1)
 
 
 def test_sampling_proportions_over_many_epochs():
