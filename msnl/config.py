@@ -176,11 +176,11 @@ class CNNConfig(_Serialisable):
     thick_slice_voxels: tuple[int, int] = (2, 5)
     # Probability that training moves a patch's visit-1 channel by a sub-voxel translation,
     # drawn uniformly within +-`visit1_shift_voxels` on each voxel axis (ours; the paper
-    # augments with noise and bias field only). An affine registration cannot follow every change
-    # of a brain between visits, and step one turns what stays misaligned at edges into false
-    # candidates; this shows the net such shifts on lesions and non-lesions alike. The limits are about
-    # 0.7-1 mm on the real pairs' 0.72 x 0.72 x 3 mm grid (slices along axis 2). 0 keeps the
-    # paper's. Figures: docs/benchmarks.md.
+    # augments with noise and bias field only). An affine registration cannot follow every
+    # change of a brain between visits, and step one turns what stays misaligned at edges into
+    # false candidates; this shows the net such shifts on lesions and non-lesions alike. The
+    # limits are about 0.7-1 mm on the real pairs' 0.72 x 0.72 x 3 mm grid (slices along axis
+    # 2). 0 keeps the paper's. Figures: docs/benchmarks.md.
     augment_visit1_shift: float = 0.0
     visit1_shift_voxels: tuple[float, float, float] = (1.0, 1.0, 0.3)
     # Share of the balanced FP draws that lean towards hard false positives (ours; the paper
