@@ -128,26 +128,40 @@ class RandomCrop(tio.Transform):
         return tio.Crop([int(v) for pair in zip(start, after) for v in pair])(subject)
 
 
-class RandomThickSlices(tio.Transform):
-    """With probability `p`, replace visit 1's FLAIR (channel 0 of "flairs") by its running
-    mean along voxel axis 0 or 1 over `low`..`high` voxels, edges repeated: the partial volume
-    of a slice that many voxels thick (CNNConfig.augment_thick_slices). Visit 2, the distance
-    maps and the truth are left alone. Draws from torch's generator, which training seeds and
-    checkpoints."""
+class Visit1Transform(tio.Transform):
+    """With probability `p`, replace visit 1's FLAIR (channel 0 of "flairs") by `changed(it)`;
+    visit 2, the distance maps and the truth are left alone, and the stored patch is not
+    changed in place. Draws from torch's generator, which training seeds and checkpoints."""
 
-    def __init__(self, p: float, widths: tuple[int, int], **kwargs: Any) -> None:
+    def __init__(self, p: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.chance, self.widths = p, widths
+        self.chance = p
+
+    def changed(self, volume: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         if float(torch.rand(())) >= self.chance:
             return subject
-        axis = int(torch.randint(2, ()))
-        width = int(torch.randint(self.widths[0], self.widths[1] + 1, ()))
         data = subject["flairs"].data.clone()
-        data[0] = thick_slice(data[0], axis, width)
+        data[0] = self.changed(data[0])
         subject["flairs"].set_data(data)
         return subject
+
+
+class RandomThickSlices(Visit1Transform):
+    """Visit 1's running mean along voxel axis 0 or 1 over `low`..`high` voxels, edges
+    repeated: the partial volume of a slice that many voxels thick
+    (CNNConfig.augment_thick_slices)."""
+
+    def __init__(self, p: float, widths: tuple[int, int], **kwargs: Any) -> None:
+        super().__init__(p, **kwargs)
+        self.widths = widths
+
+    def changed(self, volume: torch.Tensor) -> torch.Tensor:
+        axis = int(torch.randint(2, ()))
+        width = int(torch.randint(self.widths[0], self.widths[1] + 1, ()))
+        return thick_slice(volume, axis, width)
 
 
 def thick_slice(volume: torch.Tensor, axis: int, width: int) -> torch.Tensor:
@@ -157,25 +171,18 @@ def thick_slice(volume: torch.Tensor, axis: int, width: int) -> torch.Tensor:
     return torch.from_numpy(mean)
 
 
-class RandomShift(tio.Transform):
-    """With probability `p`, move visit 1's FLAIR (channel 0 of "flairs") by a sub-voxel
-    translation drawn uniformly within +-`limits` voxels on each axis, linear interpolation,
-    edges repeated: the residual misregistration a rigid-then-affine registration leaves
-    (CNNConfig.augment_visit1_shift). Visit 2, the distance maps and the truth are left alone.
-    Draws from torch's generator, which training seeds and checkpoints."""
+class RandomShift(Visit1Transform):
+    """Visit 1 moved by a sub-voxel translation drawn uniformly within +-`limits` voxels on
+    each axis, linear interpolation, edges repeated: the residual misregistration a
+    rigid-then-affine registration leaves (CNNConfig.augment_visit1_shift)."""
 
     def __init__(self, p: float, limits: tuple[float, float, float], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.chance, self.limits = p, torch.tensor(limits, dtype=torch.float64)
+        super().__init__(p, **kwargs)
+        self.limits = torch.tensor(limits, dtype=torch.float64)
 
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        if float(torch.rand(())) >= self.chance:
-            return subject
+    def changed(self, volume: torch.Tensor) -> torch.Tensor:
         offset = (2 * torch.rand(3, dtype=torch.float64) - 1) * self.limits
-        data = subject["flairs"].data.clone()
-        data[0] = shifted(data[0], tuple(float(v) for v in offset))
-        subject["flairs"].set_data(data)
-        return subject
+        return shifted(volume, tuple(float(v) for v in offset))
 
 
 def shifted(volume: torch.Tensor, offset: tuple[float, float, float]) -> torch.Tensor:
