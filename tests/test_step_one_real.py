@@ -1,6 +1,7 @@
 """Step one on both real Lesjak pairs: candidate coverage of the new-lesion truth, brain Dice.
 
-Figures are printed (run with -s) and recorded in docs/benchmarks.md.
+Figures are printed (run with -s) and recorded in docs/benchmarks.md. Step one on two real pairs
+takes about 4.5 minutes on 2 cores, so the module is marked slow: `pytest -m slow -s` runs it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from msnl.lesjak_eval import score_step_one
 from msnl.step_one import run_step_one
 from storage.lesjak import read_lesjak_pair
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 COVERAGE_TARGET = 0.80  # issue 3: at least 80% of truth lesions covered on each patient
 DICE_TARGET = 0.93  # issue 3: brain mask Dice against the reference brainmask.nii.gz
