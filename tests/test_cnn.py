@@ -496,7 +496,7 @@ def test_weight_decay_shrinks_the_conv_weights_and_is_off_by_default():
     assert cfg.weight_decay == 0.0  # the paper's Adam
 
     def conv_norm(model):
-        return float(sum(m.weight.norm() ** 2 for m in model.modules() if isinstance(m, torch.nn.Conv3d)) ** 0.5)
+        return float(sum(m.weight.detach().norm() ** 2 for m in model.modules() if isinstance(m, torch.nn.Conv3d)) ** 0.5)
 
     plain, _ = train(_toy_set(), cfg, seed=0, device=torch.device("cpu"))
     # lr 1e-3 x 20 takes 2 % off every weight at each of the 16 steps, about a quarter in all
