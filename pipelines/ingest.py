@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import dask
-from dask.diagnostics import ProgressBar
 
+from pipelines.progress import dask_progress
 from pipelines.threads import default_workers
 from storage import ingest_scan, read_source, write_cohort_table, write_ingest_report
 from storage.layout import clear_staging, open_root
@@ -46,7 +46,7 @@ def run_ingest(
     workers = workers or default_workers(len(tasks))
     if progress:
         print(f"ingest: {len(tasks)} scans into {store}")
-        with ProgressBar(minimum=0.5):
+        with dask_progress("ingest", minimum=0.5):
             outcomes = dask.compute(*tasks, scheduler="threads", num_workers=workers)
     else:
         outcomes = dask.compute(*tasks, scheduler="threads", num_workers=workers)

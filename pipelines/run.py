@@ -21,6 +21,7 @@ from tqdm import tqdm
 from msnl.config import StepOneConfig
 from msnl.errors import MsnlError
 from pipelines.ingest import run_ingest
+from pipelines.progress import progress_bar
 from pipelines.threads import default_workers, thread_env
 from msnl.step_one import software_versions
 from storage.corrected import correct_stored_visit
@@ -207,7 +208,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
         futures = [client.submit(step_one_task, store, s, a, b, cfg, n4[(s, a)], n4[(s, b)], pure=False,
                                  priority=voxels[(s, a)] + voxels[(s, b)], key=f"step-one-{s}-{a}-{b}-{uuid4().hex[:8]}")
                    for s, a, b in todo]
-        bars = [tqdm(total=total, desc=desc, unit=unit, disable=not progress, position=i)
+        bars = [progress_bar(total, desc, unit, enabled=progress, position=i)
                 for i, (total, desc, unit) in enumerate(((len(n4), "N4      ", "visit"), (len(futures), "step one", "interval"),
                                                          (len(todo), "CNN     ", "interval")))]
         n4_futures, interval_of = set(n4.values()), dict(zip(futures, todo))

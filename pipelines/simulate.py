@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import dask
-from dask.diagnostics import ProgressBar
 
 from msnl.simulate import SimOptions, SimulationError
+from pipelines.progress import dask_progress
 from pipelines.threads import process_options
 from storage.bids import write_participants
 from storage.simulated import write_simulated_subject
@@ -50,7 +50,7 @@ def run_simulate(out: str | Path, n_subjects: int, n_visits: int, seed: int, opt
     options = process_options(n_subjects, workers)
     if progress:
         print(f"simulate: {n_subjects} subjects x {n_visits} visits into {out}")
-        with ProgressBar(minimum=0.5):
+        with dask_progress("simulate", minimum=0.5):
             rows = dask.compute(*tasks, **options)
     else:
         rows = dask.compute(*tasks, **options)

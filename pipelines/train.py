@@ -12,10 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import dask
-from dask.diagnostics import ProgressBar
 
 from msnl.config import StepOneConfig
 from pipelines.ingest import run_ingest
+from pipelines.progress import dask_progress, progress_bar
 from pipelines.threads import capped_threads, process_options, usable_cpus
 from storage.pairs import process_pair
 from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, training_pairs, work_store
@@ -98,7 +98,7 @@ def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = N
     with capped_threads(max(1, usable_cpus() // workers)):
         if progress:
             print(f"train: step one on {len(pairs)} pairs ({workers} workers)")
-            with ProgressBar(minimum=1.0):
+            with dask_progress("train: step one", minimum=1.0):
                 results = dask.compute(*tasks, **options)
         else:
             results = dask.compute(*tasks, **options)
@@ -144,8 +144,6 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
     options, seed and --out goes on from its last whole epoch, to the weights an unbroken run
     would give; the checkpoint is deleted once the weights are written."""
     import torch
-    from tqdm import tqdm
-
     from msnl.cnn import members_of
     from msnl.inference import check_candidates, load_weights, weights_digest
     from msnl.training import device_for, epochs_done, read_checkpoint, save_weights, train_members, write_checkpoint
@@ -163,7 +161,7 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
     done = 0 if resume is None else epochs_done(resume, cfg)
     if resume is not None and progress:
         print(f"train: going on from {checkpoint} ({done} of {cfg.epochs * cfg.ensemble_size} epochs done)")
-    bar = tqdm(total=cfg.epochs * cfg.ensemble_size, initial=done, desc="train", unit="epoch", disable=not progress)
+    bar = progress_bar(cfg.epochs * cfg.ensemble_size, "train", "epoch", initial=done, enabled=progress)
 
     def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
         bar.set_postfix(batch=f"{i + 1}/{n}", loss=f"{loss:.4f}")
