@@ -149,10 +149,19 @@ def cnn_resources(client: Client) -> dict[str, int] | None:
     return {"GPU": 1} if has_gpu else None
 
 
+# How long the scheduler waits for a worker's heartbeat before it restarts the worker. ANTs
+# (N4, registration) holds the GIL for a whole call, which stops the worker's event loop and
+# its heartbeats: N4 of a 1 mm brain held it 95 s on a loaded 2-core machine. Past distributed's
+# default (5 minutes), on a large scan or a busy node, the worker is restarted and the task
+# starts again from nothing. A worker that dies is still seen at once, by its closed connection.
+WORKER_TTL = "1 hour"
+
+
 def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
     n = workers or default_workers(todo)
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1), preload=["pipelines.worker"],
-                        dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR)
+                        dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR,
+                        scheduler_kwargs={"worker_ttl": WORKER_TTL})
 
 
 def _error(future) -> str:
