@@ -3,7 +3,8 @@
 A cluster job writes its output to a file. There a redrawn bar piles up carriage returns and
 cursor moves: dask's bar redraws ten times a second, and `msnl run`'s three stacked bars move
 the cursor up and down. So where the stream is not a terminal, each bar prints a plain line
-instead, at most every `LOG_INTERVAL_S` seconds and once more when it closes."""
+instead, at most every `LOG_INTERVAL_S` seconds, and when it closes with a count not yet
+printed."""
 from __future__ import annotations
 
 import sys
@@ -46,6 +47,7 @@ class LogBar:
         self._start = self._last = clock()
         self._postfix = ""
         self._closed = False
+        self._printed: int | None = None
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -62,10 +64,11 @@ class LogBar:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._print(self._clock())
+            if self._printed != self.n:
+                self._print(self._clock())
 
     def _print(self, now: float) -> None:
-        self._last = now
+        self._last, self._printed = now, self.n
         share = 100 * self.n / self.total if self.total else 100.0
         count = f"{share:.0f} % done" if self.unit is None else f"{self.n}/{self.total} {self.unit}s ({share:.0f} %)"
         postfix = f", {self._postfix}" if self._postfix else ""

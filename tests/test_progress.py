@@ -44,6 +44,16 @@ def test_a_log_bar_prints_at_most_once_per_interval_and_when_it_closes():
     ]
 
 
+def test_a_log_bar_closing_on_the_count_it_last_printed_adds_no_line():
+    out, clock = io.StringIO(), Clock()
+    bar = LogBar(2, "N4", "visit", out=out, interval=30, clock=clock)
+    clock.now = 40
+    bar.update(2)
+    clock.now = 200
+    bar.close()
+    assert out.getvalue() == "N4: 2/2 visits (100 %), 40 s\n"
+
+
 def test_a_bar_with_no_unit_counts_in_per_cent():
     out = io.StringIO()
     bar = LogBar(4, "ingest", None, initial=1, out=out, interval=0, clock=Clock())
