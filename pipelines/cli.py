@@ -106,8 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _, base, meta = load_weights(args.init)
         check_candidates(meta, step_one.candidate_settings(), args.init)  # before step one runs on every pair
     cfg = cnn_config(args.option, args.epochs, base)
-    pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), step_one, workers=args.workers)
-    pairs = [p for p in pairs if p.subject not in set(args.exclude)]
+    pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), step_one, workers=args.workers,
+                          exclude=set(args.exclude))
     data = collect(pairs, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
     histories = train_and_save(data, Path(args.out), cfg, args.seed, Path(args.init) if args.init else None)
     losses = ", ".join(f"{h[0]:.4f} -> {h[-1]:.4f}" for h in histories)

@@ -8,6 +8,7 @@ a re-run reuses what is there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,8 +81,9 @@ def _step_one(pair: TrainingPair, cfg: StepOneConfig) -> tuple[TrainingPair, str
 
 
 def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = None,
-                  workers: int | None = None, progress: bool = True) -> list[TrainingPair]:
-    """Ingest every source into its work store and run step one on each pair; returns the usable pairs."""
+                  workers: int | None = None, progress: bool = True, exclude: Collection[str] = ()) -> list[TrainingPair]:
+    """Ingest every source into its work store and run step one on each pair whose subject is not
+    in `exclude`; returns the usable pairs."""
     cfg = cfg or StepOneConfig()
     pairs: list[TrainingPair] = []
     for source in sources:
@@ -91,7 +93,7 @@ def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = N
         summary = run_ingest(ingest_from, store, progress=False)
         if summary.failed:
             log.warning("%s: %d scans failed to ingest; their pairs are left out", source, summary.failed)
-        pairs += training_pairs(source, store)
+        pairs += [p for p in training_pairs(source, store) if p.subject not in exclude]
     options = process_options(len(pairs), workers)
     workers = options.get("num_workers", 1)
     tasks = [dask.delayed(_step_one, pure=False)(p, cfg) for p in pairs]

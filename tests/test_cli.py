@@ -127,3 +127,33 @@ def test_demo_into_a_file_is_a_clear_error(tmp_path, capsys):
     target.write_text("not a folder")
     assert main(["demo", str(target)]) == 2
     assert f"{target}: can't make the demo folder here" in capsys.readouterr().err
+
+
+def test_train_excluded_subjects_never_reach_step_one(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import pipelines.train as train_module
+
+    stepped, seen = [], {}
+    monkeypatch.setattr(train_module, "is_lesjak", lambda source: False)
+    monkeypatch.setattr(train_module, "run_ingest", lambda *args, **kwargs: SimpleNamespace(failed=0))
+    monkeypatch.setattr(train_module, "training_pairs",
+                        lambda source, store: [SimpleNamespace(subject=s, name=s) for s in ("patient01", "patient12")])
+
+    def step_one(pair, cfg):
+        stepped.append(pair.subject)
+        return pair, "ok", ""
+
+    monkeypatch.setattr(train_module, "_step_one", step_one)
+    kept = train_module.prepare_pairs([tmp_path], tmp_path / "work", workers=1, progress=False, exclude={"patient01"})
+    assert [p.subject for p in kept] == stepped == ["patient12"]
+
+    def prepare_pairs(sources, work, cfg, **kwargs):
+        seen["exclude"] = kwargs["exclude"]
+        return []
+
+    monkeypatch.setattr(train_module, "prepare_pairs", prepare_pairs)
+    monkeypatch.setattr(train_module, "collect", lambda pairs, **kwargs: None)
+    monkeypatch.setattr(train_module, "train_and_save", lambda *args, **kwargs: [[1.0]])
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--exclude", "patient01"]) == 0
+    assert seen["exclude"] == {"patient01"}
