@@ -249,7 +249,7 @@ def device_for() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-ProgressCallback = Callable[[int, int, int, float], None]  # epoch, batch, batches, loss
+ProgressCallback = Callable[[int, int, int, float], None]  # epoch, batch, batches, the epoch's mean loss so far
 EpochCallback = Callable[[dict], None]  # the training's state after an epoch
 
 
@@ -323,7 +323,7 @@ def train(data: TrainingSet, cfg: CNNConfig, seed: int, init: dict | None = None
             optimiser.step()
             losses.append(float(loss.detach()))
             if on_batch:
-                on_batch(epoch, i, len(plan), losses[-1])
+                on_batch(epoch, i, len(plan), float(np.mean(losses)))
         schedule.step()
         history.append(float(np.mean(losses)))
         log.info("epoch %d: loss %.4f", epoch + 1, history[-1])

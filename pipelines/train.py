@@ -166,7 +166,7 @@ def train_and_save(data, out: Path, cfg, seed: int, init: Path | None = None, pr
     bar = progress_bar(cfg.epochs * cfg.ensemble_size, "train", "epoch", initial=done, enabled=progress)
 
     def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
-        bar.set_postfix(batch=f"{i + 1}/{n}", loss=f"{loss:.4f}")
+        bar.set_postfix(batch=f"{i + 1}/{n}", epoch_loss=f"{loss:.4f}")  # the mean so far: one batch's is noisy
         if i + 1 == n:
             bar.update(1)
 

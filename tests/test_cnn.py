@@ -491,6 +491,30 @@ def test_a_tiny_training_run_lowers_the_loss():
     assert history[-1] < 0.6 * history[0] and again == history  # the random crops follow the seed
 
 
+def test_progress_reports_the_epochs_running_mean_loss_not_the_last_batchs(monkeypatch):
+    import msnl.training
+
+    batch_losses: list[float] = []
+    loss = msnl.training.training_loss
+
+    def recorded(*args):
+        value = loss(*args)
+        batch_losses.append(float(value.detach()))
+        return value
+
+    monkeypatch.setattr(msnl.training, "training_loss", recorded)
+    cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=2, batch_size=8, lr_step_epochs=10, patches_per_epoch=64)
+    reported: list[float] = []
+    _, history = train(_toy_set(), cfg, seed=0, device=torch.device("cpu"),
+                       on_batch=lambda epoch, i, n, mean: reported.append(mean))
+    assert len(reported) == len(batch_losses) == 16
+    for epoch in range(2):
+        losses = batch_losses[8 * epoch:8 * epoch + 8]
+        assert reported[8 * epoch:8 * epoch + 8] == pytest.approx(np.cumsum(losses) / np.arange(1, 9))
+        assert reported[8 * epoch + 7] == pytest.approx(history[epoch])
+    assert reported != pytest.approx(batch_losses)  # one batch's loss alone is not what is shown
+
+
 def test_weight_decay_shrinks_the_conv_weights_and_is_off_by_default():
     cfg = CNNConfig(widths=(8, 8, 8, 8, 8, 8), epochs=2, batch_size=8, lr_step_epochs=10, patches_per_epoch=64)
     assert cfg.weight_decay == 0.0  # the paper's Adam
