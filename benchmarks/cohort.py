@@ -40,8 +40,10 @@ def kernel_seconds(store: Path) -> dict[str, float]:
     return totals
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _peak_rss_mib() -> tuple[float, float]:
+    """A worker's own peak RSS, and that of the largest child process it ran (N4 and step
+    one run in children: pipelines/isolate.py)."""
+    return tuple(resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
 SCHEDULING_GAP_S = 1.0  # a gap between two tasks on a worker up to this long is scheduling latency
@@ -101,8 +103,8 @@ def report(label: str, r: dict) -> None:
           f"kernels {sum(k.values()):.1f} s (N4 {k['n4']:.1f}, rest of step one {k['step_one_rest']:.1f}, CNN {k['cnn']:.1f}); "
           f"outside the kernels {r['outside_share']:.1%} of wall x workers, of which workers waiting with nothing ready "
           f"{r['waiting_s']:.1f} s and the rest (ingest, scheduling, I/O, serialisation) {r['overhead_share']:.1%}; "
-          f"peak memory per worker "
-          + ", ".join(f"{p:.0f} MiB" for p in r["peak_mib"]))
+          f"peak memory per worker (its own / its largest child) "
+          + ", ".join(f"{own:.0f} / {child:.0f} MiB" for own, child in r["peak_mib"]))
 
 
 def real_manifest(real: Path, out: Path) -> Path:

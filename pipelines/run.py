@@ -21,6 +21,7 @@ from tqdm import tqdm
 from msnl.config import StepOneConfig
 from msnl.errors import MsnlError
 from pipelines.ingest import run_ingest
+from pipelines.isolate import run_isolated
 from pipelines.progress import progress_bar
 from pipelines.threads import default_workers, thread_env
 from msnl.step_one import software_versions
@@ -47,13 +48,17 @@ def _prediction_key(step_one_key: str, weights_digest: str) -> str:
 
 
 def n4_task(store: str, subject: str, visit: str, cfg: StepOneConfig) -> tuple[str, str]:
-    """The per-visit part of step one (N4), stored so the visit's intervals share it."""
-    return correct_stored_visit(store, subject, visit, cfg)
+    """The per-visit part of step one (N4), stored so the visit's intervals share it. ANTs runs
+    in a child process, so the worker keeps sending heartbeats (pipelines/isolate.py)."""
+    return run_isolated(correct_stored_visit, store, subject, visit, cfg,
+                        threads=_worker_threads(), what=f"N4 of sub-{subject} visit {visit}")
 
 
 def step_one_task(store: str, subject: str, a: str, b: str, cfg: StepOneConfig, *after: object) -> tuple[str, str, str, str, str]:
-    """Step one of one interval; `after` holds the visits' N4 tasks, only so Dask runs those first."""
-    outcome = process_pair(store, subject, a, b, cfg)
+    """Step one of one interval, in a child process as N4 is; `after` holds the visits' N4
+    tasks, only so Dask runs those first."""
+    outcome = run_isolated(process_pair, store, subject, a, b, cfg,
+                           threads=_worker_threads(), what=f"step one of sub-{subject} {a}->{b}")
     return subject, a, b, outcome.status, outcome.message
 
 
@@ -149,19 +154,10 @@ def cnn_resources(client: Client) -> dict[str, int] | None:
     return {"GPU": 1} if has_gpu else None
 
 
-# How long the scheduler waits for a worker's heartbeat before it restarts the worker. ANTs
-# (N4, registration) holds the GIL for a whole call, which stops the worker's event loop and
-# its heartbeats: N4 of a 1 mm brain held it 95 s on a loaded 2-core machine. Past distributed's
-# default (5 minutes), on a large scan or a busy node, the worker is restarted and the task
-# starts again from nothing. A worker that dies is still seen at once, by its closed connection.
-WORKER_TTL = "1 hour"
-
-
 def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
     n = workers or default_workers(todo)
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1), preload=["pipelines.worker"],
-                        dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR,
-                        scheduler_kwargs={"worker_ttl": WORKER_TTL})
+                        dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR)
 
 
 def _error(future) -> str:

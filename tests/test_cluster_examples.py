@@ -53,18 +53,3 @@ def test_helm_values_give_cpu_and_gpu_worker_groups_and_match_the_run_command():
     run_line = next(line for line in (EXAMPLES / "dask-helm-values.yaml").read_text().splitlines() if "msnl run" in line)
     args = build_parser().parse_args(shlex.split(run_line.split("msnl", 1)[1].strip()))
     assert args.command == "run" and args.scheduler == "tcp://msnl-scheduler:8786"
-
-
-def test_every_scheduler_waits_for_heartbeats_longer_than_an_ants_call():
-    """ANTs holds the GIL for a whole N4 or registration, so a worker sends no heartbeat
-    meanwhile: the local cluster and the Kubernetes scheduler use msnl's WORKER_TTL, not
-    distributed's 5 minutes."""
-    from dask.utils import parse_timedelta
-
-    from pipelines.run import WORKER_TTL, _start_cluster
-
-    assert parse_timedelta(WORKER_TTL) >= 3600
-    values = yaml.safe_load((EXAMPLES / "dask-helm-values.yaml").read_text())
-    assert {e["name"]: e["value"] for e in values["scheduler"]["env"]}["DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL"] == WORKER_TTL
-    with _start_cluster(1, 1) as cluster:
-        assert cluster.scheduler.worker_ttl == parse_timedelta(WORKER_TTL)

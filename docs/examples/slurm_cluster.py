@@ -23,11 +23,9 @@ def make_cluster(venv: str = ".venv", partition: str = "cpu", account: str | Non
     """The CPU workers, one SLURM job each; the scheduler runs in this process."""
     from dask_jobqueue import SLURMCluster
 
-    from pipelines.run import WORKER_TTL  # ANTs holds the GIL for minutes: see pipelines/run.py
-
     return SLURMCluster(queue=partition, cores=1, processes=1, memory="4GiB", walltime="04:00:00", account=account,
                         python=f"{venv}/bin/python", job_script_prologue=THREAD_CAPS, worker_extra_args=WORKER_ARGS,
-                        job_name="msnl-cpu", scheduler_options={"dashboard_address": ":8787", "worker_ttl": WORKER_TTL})
+                        job_name="msnl-cpu", scheduler_options={"dashboard_address": ":8787"})
 
 
 def gpu_worker_script(scheduler_address: str, venv: str = ".venv", partition: str = "gpu") -> str:

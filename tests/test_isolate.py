@@ -1,0 +1,88 @@
+"""ANTs work in a child process (pipelines/isolate.py): results and errors come back, a dying
+child fails its task with a message, and a Dask worker keeps its heartbeats through a long
+ANTs call."""
+
+from __future__ import annotations
+
+import operator
+import os
+import threading
+import pytest
+
+from msnl.errors import StoreError
+from pipelines.isolate import IsolatedTaskError, _portable, run_isolated
+from storage.layout import store_path
+
+
+def test_runs_in_another_process_with_the_thread_caps():
+    assert run_isolated(os.getpid) != os.getpid()
+    assert run_isolated(os.getenv, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", threads=3) == "3"
+    assert run_isolated(os.getenv, "OMP_NUM_THREADS") == "1"
+
+
+def test_an_error_comes_back_as_itself_with_the_childs_traceback():
+    with pytest.raises(ZeroDivisionError) as caught:
+        run_isolated(operator.truediv, 1, 0)
+    assert any("in the child process" in note and "ZeroDivisionError" in note for note in caught.value.__notes__)
+
+
+class _TwoArgumentError(Exception):
+    def __init__(self, status: str, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def test_an_error_with_its_own_constructor_comes_back_whole():
+    back = _portable(_TwoArgumentError("registration_failed", "sub-x: the registration failed"))
+    assert isinstance(back, _TwoArgumentError) and back.status == "registration_failed"
+
+
+def test_an_error_that_does_not_pickle_keeps_its_message():
+    error = StoreError("sub-x: the store is locked")
+    error.lock = threading.Lock()
+    plain = _portable(error)
+    assert isinstance(plain, IsolatedTaskError)
+    assert str(plain) == "StoreError: sub-x: the store is locked"
+    assert "in the child process" in plain.__notes__[0]
+
+
+def test_a_child_that_dies_fails_its_task_with_what_and_how():
+    with pytest.raises(IsolatedTaskError, match=r"N4 of sub-x visit 01: its child process was killed by SIGABRT"):
+        run_isolated(os.abort, what="N4 of sub-x visit 01")
+
+
+def test_folders_in_the_working_directory_do_not_shadow_our_packages(tmp_path, monkeypatch):
+    for name in ("pipelines", "storage", "msnl"):
+        (tmp_path / name).mkdir()  # e.g. a store the user called `storage`
+    monkeypatch.chdir(tmp_path)
+    assert run_isolated(os.getpid) != os.getpid()
+    with pytest.raises(StoreError):  # the child imported our storage package, not the empty folder
+        run_isolated(store_path, "s3://bucket/store.zarr")
+
+
+@pytest.mark.slow
+def test_a_worker_keeps_its_heartbeats_through_ants_calls_longer_than_the_worker_ttl(tmp_path):
+    """N4 of a 2 mm brain takes about 6 s and each registration about 4 s here. In the worker
+    itself, ANTs held the GIL that long and the scheduler, at a 3 s worker-ttl, removed the
+    worker and restarted its task; in a child process the same worker runs every task."""
+    from distributed import LocalCluster
+
+    from msnl.template import mni152_anatomy
+    from pipelines.run import run_cohort
+    from pipelines.threads import thread_env
+    from storage.bids import BidsVisit, write_bids
+    from tests.test_step_one import _planted_pair
+
+    anatomy = mni152_anatomy(resolution=2)
+    visit1, visit2, _ = _planted_pair((anatomy.flair, anatomy.brain))
+    source = tmp_path / "bids"
+    write_bids(source, [BidsVisit("a", "01", visit1, "2020-01-01", "placebo", "site-1"),
+                        BidsVisit("a", "02", visit2, "2021-01-01", "placebo", "site-1")])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, env=thread_env(1), preload=["pipelines.worker"],
+                      dashboard_address=None, scheduler_kwargs={"worker_ttl": "3s"}) as cluster:
+        before = set(cluster.scheduler.workers)
+        summary = run_cohort(source, tmp_path / "store.zarr", scheduler=cluster.scheduler_address, progress=False)
+        after = set(cluster.scheduler.workers)
+        removed = [e for e in cluster.scheduler.get_events("all") if "remove-worker" in str(e)]
+    assert summary.done == 1 and summary.failed == []
+    assert after == before, f"the scheduler replaced its worker: {removed}"
