@@ -25,10 +25,8 @@ from typing import Any, Callable
 
 from msnl.errors import MsnlError
 from pipelines.threads import thread_env
+from pipelines.worker import PACKAGES_ROOT  # on the child's path: see pipelines/worker.py
 
-# The folder holding msnl's packages, so the child imports these whatever its working
-# directory holds (a worker's spill folder is named `storage`; see pipelines/worker.py).
-PACKAGES_ROOT = str(Path(__file__).resolve().parent.parent)
 _LOG_TAIL_CHARS = 2000
 
 
