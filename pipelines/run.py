@@ -50,15 +50,15 @@ def _prediction_key(step_one_key: str, weights_digest: str) -> str:
 def n4_task(store: str, subject: str, visit: str, cfg: StepOneConfig) -> tuple[str, str]:
     """The per-visit part of step one (N4), stored so the visit's intervals share it. ANTs runs
     in a child process, so the worker keeps sending heartbeats (pipelines/isolate.py)."""
-    return run_isolated(correct_stored_visit, store, subject, visit, cfg,
-                        threads=_worker_threads(), what=f"N4 of sub-{subject} visit {visit}")
+    return run_isolated(correct_stored_visit, store, subject, visit, cfg, threads=_worker_threads(),
+                        memory_limit=_worker_memory_budget(), what=f"N4 of sub-{subject} visit {visit}")
 
 
 def step_one_task(store: str, subject: str, a: str, b: str, cfg: StepOneConfig, *after: object) -> tuple[str, str, str, str, str]:
     """Step one of one interval, in a child process as N4 is; `after` holds the visits' N4
     tasks, only so Dask runs those first."""
-    outcome = run_isolated(process_pair, store, subject, a, b, cfg,
-                           threads=_worker_threads(), what=f"step one of sub-{subject} {a}->{b}")
+    outcome = run_isolated(process_pair, store, subject, a, b, cfg, threads=_worker_threads(),
+                           memory_limit=_worker_memory_budget(), what=f"step one of sub-{subject} {a}->{b}")
     return subject, a, b, outcome.status, outcome.message
 
 
@@ -109,6 +109,21 @@ def _worker_threads() -> int:
         return max(1, get_worker().state.nthreads)
     except ValueError:  # not inside a worker: the eager path
         return 1
+
+
+def _worker_memory_budget() -> int | None:
+    """What a task's child process and its worker may hold together: the share of the worker's
+    memory limit at which Dask's nanny would restart the worker (`distributed.worker.memory.
+    terminate`, 95 %). The nanny watches the worker process only; `run_isolated` watches both.
+    None without a limit, or outside a worker."""
+    import dask.config
+
+    try:
+        limit = get_worker().memory_manager.memory_limit
+    except ValueError:
+        return None
+    fraction = dask.config.get("distributed.worker.memory.terminate")
+    return int(limit * fraction) if limit and fraction else None
 
 
 def _worker_name() -> str:

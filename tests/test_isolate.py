@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import operator
 import os
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
+
+import psutil
 import pytest
 
 from msnl.errors import StoreError
@@ -49,6 +55,54 @@ def test_an_error_that_does_not_pickle_keeps_its_message():
 def test_a_child_that_dies_fails_its_task_with_what_and_how():
     with pytest.raises(IsolatedTaskError, match=r"N4 of sub-x visit 01: its child process was killed by SIGABRT"):
         run_isolated(os.abort, what="N4 of sub-x visit 01")
+
+
+def test_a_child_over_the_memory_limit_is_stopped_and_the_error_says_how_to_fix_it():
+    budget = psutil.Process().memory_info().rss + 200 * 2**20
+    hold_1_gib = "import time\ndata = bytearray(2**30)\ntime.sleep(60)"
+    with pytest.raises(IsolatedTaskError, match=r"step one of sub-x 01->02: its child process was stopped .* give the workers more memory"):
+        run_isolated(exec, hold_1_gib, memory_limit=budget, what="step one of sub-x 01->02")
+
+
+def test_a_child_under_the_memory_limit_runs_to_its_end():
+    budget = psutil.Process().memory_info().rss + 1024 * 2**20
+    assert run_isolated(exec, "data = bytearray(2**26)", memory_limit=budget) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_a_child_dies_with_the_process_that_started_it():
+    """A worker killed mid-task (by its nanny, the job's end, the OOM killer) takes its child
+    with it, instead of leaving it to compute what the task's re-run computes again."""
+    repo = Path(__file__).resolve().parents[1]
+    worker = subprocess.Popen([sys.executable, "-c", "import time; from pipelines.isolate import run_isolated; run_isolated(time.sleep, 120)"],
+                              cwd=repo)
+    children = []
+    try:
+        for _ in range(300):
+            children = psutil.Process(worker.pid).children()
+            if children:
+                break
+            time.sleep(0.1)
+        assert children, "the worker never started its child"
+        worker.kill()
+        worker.wait()
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert gone and not alive, "the child outlived its worker"
+    finally:
+        worker.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()
+
+
+def test_a_task_child_is_held_to_its_workers_memory_limit():
+    from distributed import Client, LocalCluster
+
+    from pipelines.run import _worker_memory_budget
+
+    assert _worker_memory_budget() is None  # outside a worker
+    with LocalCluster(n_workers=1, processes=False, memory_limit="1GiB", dashboard_address=None) as cluster, Client(cluster) as client:
+        assert client.submit(_worker_memory_budget).result() == int(0.95 * 2**30)
 
 
 def test_folders_in_the_working_directory_do_not_shadow_our_packages(tmp_path, monkeypatch):
