@@ -27,6 +27,7 @@ from pipelines.threads import default_workers, thread_env
 from msnl.step_one import software_versions
 from storage.corrected import correct_stored_visit
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs, result_key
+from storage.report import RunReport
 from storage.scans import stored_scan_attrs, stored_scan_voxels
 from storage.results import intervals, read_prediction_attrs, single_visit_subjects, write_prediction
 
@@ -213,6 +214,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
             print(f"run: {stale} interval(s) were done with another config, software version or weights: reprocessing them")
     if not todo:
         return RunSummary(len(states), 0, skipped, failed, stale)
+    report = RunReport(store, todo)  # task failures leave no result: this keeps them on record
     cluster = _start_cluster(len(todo), workers) if scheduler is None else None
     # Not the default client: nothing else in this process should start sending work to it.
     client = Client(scheduler or cluster, set_as_default=False)
@@ -251,7 +253,9 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                 else:
                     failed.append((subject, f"{a}->{b}", status, message))
                     bars[2].update(1)
-                    tqdm.write(f"run: sub-{subject} {a}->{b} failed: {status}: {message}")
+                    if future.status == "error":  # a stored step-one failure is on record already
+                        report.failed(subject, f"{a}->{b}", status, message)
+                    tqdm.write(f"run: sub-{subject} {a}->{b} failed: " + (message if status == "failed" else f"{status}: {message}"))
                 if cnn_batch_ready(len(pending), cnn_batch, len(futures) - finished, workers_now):
                     cnn = client.submit(cnn_task, store, pending, weights, cfg, resources=resources, pure=False,
                                         priority=CNN_PRIORITY, key=f"cnn-{uuid4().hex}")
@@ -262,6 +266,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                 message = _error(future)
                 for subject, a, b in batch_of[future]:
                     failed.append((subject, f"{a}->{b}", "cnn_failed", message))
+                    report.failed(subject, f"{a}->{b}", "cnn_failed", message)
                     tqdm.write(f"run: sub-{subject} {a}->{b} failed in the CNN: {message}")
                 bars[2].update(len(batch_of[future]))
             else:
@@ -270,10 +275,12 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                         done += 1
                     else:
                         failed.append((subject, f"{a}->{b}", status, message))
+                        report.failed(subject, f"{a}->{b}", status, message)
                         tqdm.write(f"run: sub-{subject} {a}->{b} failed in the CNN: {message}")
                     bars[2].update(1)
         for bar in bars:
             bar.close()
+        report.finish(done)
     finally:
         client.close()
         if cluster is not None:

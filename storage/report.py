@@ -1,20 +1,27 @@
-"""Ingest reports, stored with the cohort so every failure and warning stays on record."""
+"""Ingest and run reports, stored with the cohort so every failure and warning stays on record."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import zarr
 
-from storage.layout import REPORTS, open_root
+from storage.layout import REPORTS, new_staging_dir, open_root, publish, store_path
+
+RUN_PREFIX = "run-"
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def write_ingest_report(store: str | Path, source: str | Path, entries: list[dict[str, Any]]) -> str:
     """Store one run's report under `reports/ingest-<UTC time>`; returns that key."""
     root = open_root(store, create=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = _stamp()
     key = f"{REPORTS}/ingest-{stamp}"
     group = root.require_group(key)
     group.attrs.update({"source": str(Path(source).resolve()), "finished": stamp, "entries": entries})
@@ -26,3 +33,58 @@ def read_ingest_reports(store: str | Path) -> list[dict[str, Any]]:
     root = open_root(store)
     reports: zarr.Group = root[REPORTS]  # type: ignore[assignment]
     return [dict(reports[name].attrs) for name in sorted(reports.group_keys()) if name.startswith("ingest-")]
+
+
+class RunReport:
+    """The record of one `msnl run`, under `reports/run-<UTC time>`: the intervals it set out to
+    process, and those that failed in a task (an unexpected error, a child process that died or
+    was stopped, the CNN). Such failures leave no result in the store, so without this record
+    they would read as "pending". The report is rewritten atomically at each failure, so a run
+    that crashes keeps every failure recorded before it."""
+
+    def __init__(self, store: str | Path, intervals: list[tuple[str, str, str]]) -> None:
+        self.store = str(store)
+        stamp = _stamp()
+        self.key = f"{REPORTS}/{RUN_PREFIX}{stamp}"
+        self.attrs: dict[str, Any] = {"started": stamp, "finished": None,
+                                      "intervals": [[s, f"{a}->{b}"] for s, a, b in intervals], "failures": []}
+        self._write()
+
+    def failed(self, subject: str, interval: str, status: str, message: str) -> None:
+        self.attrs["failures"].append({"subject": subject, "interval": interval, "status": status, "message": message})
+        self._write()
+
+    def finish(self, done: int) -> None:
+        self.attrs.update({"finished": _stamp(), "done": done})
+        self._write()
+
+    def _write(self) -> None:
+        staged = new_staging_dir(self.store)
+        zarr.open_group(staged, mode="w", zarr_format=3).attrs.update(self.attrs)
+        publish(self.store, staged, self.key)
+
+
+def read_run_reports(store: str | Path) -> list[dict[str, Any]]:
+    """Every stored run report, oldest first (their attributes, read straight from zarr.json)."""
+    folder = store_path(store) / REPORTS
+    reports = []
+    for meta in sorted(folder.glob(f"{RUN_PREFIX}*/zarr.json")):
+        try:
+            reports.append(dict(json.loads(meta.read_text()).get("attributes", {})))
+        except FileNotFoundError:  # being replaced by its run this instant
+            continue
+    return reports
+
+
+def run_failures(store: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(subject, interval) -> the failure recorded by the latest run that took that interval
+    on, for intervals whose latest run failed them; an interval that a later run took on again
+    (and may still be processing) is not listed."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for report in reversed(read_run_reports(store)):
+        failures = {(f["subject"], f["interval"]): f for f in report.get("failures", [])}
+        for subject, interval in report.get("intervals", []):
+            key = (subject, interval)
+            if key not in latest:
+                latest[key] = failures.get(key, {})
+    return {key: failure for key, failure in latest.items() if failure}

@@ -21,8 +21,9 @@ import zarr
 from msnl.errors import StoreError
 from msnl.qc import acquisition_label, resolution_ratio
 from storage.cohort import COHORT
-from storage.layout import new_staging_dir, publish, store_path
+from storage.layout import REPORTS, new_staging_dir, publish, store_path
 from storage.pairs import PAIRS, pair_key
+from storage.report import RUN_PREFIX, run_failures
 from storage.scans import CHUNK, COMPRESSOR
 
 PREDICTIONS = "predictions"
@@ -94,7 +95,10 @@ def single_visit_subjects(store: str | Path) -> list[str]:
 def open_results(store: str | Path) -> xr.Dataset:
     """Per-interval results over (subject, interval), with arm, site, dates and interval length.
 
-    An interval is named "<from-visit>-><to-visit>". Status is "pending" until processed.
+    An interval is named "<from-visit>-><to-visit>". Status is "pending" until processed. A
+    failure stored with the step-one result gives its status; a task that failed without a
+    result (recorded in the latest run report that took the interval on) gives the status
+    that run reported, until a run processes it.
     `from_acquisition` and `to_acquisition` say how each visit was acquired ("axial 3.0 mm
     slices", "3D 1.0 mm"); `resolution_ratio` is how many times coarser visit 1 is sampled than
     visit 2 along a head axis (see `msnl.qc.REVIEW_RESOLUTION_RATIO`).
@@ -104,10 +108,13 @@ def open_results(store: str | Path) -> xr.Dataset:
         raise StoreError(f"{path}: no cohort in this store yet. Run `msnl run SOURCE {path}`.")
     cohort = xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load()
     rows = []
+    task_failures = run_failures(path)
     for subject, a, b in _intervals(cohort):
         step_one = _group_attrs(path / pair_key(subject, a, b)) or {}
         pred = read_prediction_attrs(path, subject, a, b) or {}
-        status = pred.get("status") or (step_one.get("status") if step_one.get("status") not in (None, "ok") else "pending")
+        task = task_failures.get((subject, f"{a}->{b}"), {})
+        status = (pred.get("status") or (step_one.get("status") if step_one.get("status") not in (None, "ok") else None)
+                  or task.get("status") or "pending")
         qc = step_one.get("qc", {})
         (orient_a, spacing_a), (orient_b, spacing_b) = (
             (str(cohort.orientation.sel(subject=subject, visit=v).values), cohort.spacing.sel(subject=subject, visit=v).values)
@@ -119,7 +126,7 @@ def open_results(store: str | Path) -> xr.Dataset:
             "new_lesion_count": pred.get("new_lesion_count", -1) if status == "ok" else -1,
             "new_lesion_volume_mm3": pred.get("new_lesion_volume_mm3", np.nan) if status == "ok" else np.nan,
             "n_candidates": step_one.get("n_candidates", -1),
-            "status": status, "message": pred.get("message") or step_one.get("message", ""),
+            "status": status, "message": pred.get("message") or step_one.get("message") or task.get("message", ""),
             "registration_quality": qc.get("registration_correlation", np.nan),
             "from_acquisition": acquisition_label(orient_a, spacing_a), "to_acquisition": acquisition_label(orient_b, spacing_b),
             "resolution_ratio": resolution_ratio(orient_a, spacing_a, orient_b, spacing_b),
@@ -155,19 +162,27 @@ def open_lesions(store: str | Path, subject: str | None = None, interval: str | 
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # absent, or being replaced this instant
+        return 0.0
+
+
 def results_stamp(store: str | Path) -> tuple[int, int, float]:
     """A cheap fingerprint of the results: it changes whenever a result is published.
 
-    (number of step-one results, number of predictions, latest modification time). Readers
-    such as the dashboard use it to reload only when a run has written something new.
+    (number of step-one results, number of predictions, latest modification time, run
+    reports included). Readers such as the dashboard use it to reload only when a run has
+    written something new.
     """
     path = store_path(store)
     stamps = []
     for top in (PAIRS, PREDICTIONS):
         metas = list((path / top).glob("*/*/*/zarr.json"))
         stamps.append((len(metas), max((m.stat().st_mtime for m in metas), default=0.0)))
-    cohort = path / COHORT / "zarr.json"
-    latest = max(stamps[0][1], stamps[1][1], cohort.stat().st_mtime if cohort.exists() else 0.0)
+    others = [path / COHORT / "zarr.json", *(path / REPORTS).glob(f"{RUN_PREFIX}*/zarr.json")]
+    latest = max([stamps[0][1], stamps[1][1], *(_mtime(m) for m in others)])
     return stamps[0][0], stamps[1][0], latest
 
 

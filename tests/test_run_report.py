@@ -1,0 +1,105 @@
+"""Run reports: a task that fails without leaving a result (an error, a child process that died
+or was stopped, the CNN) shows as failed, with its message, in `storage.open_results` and so in
+the dashboard, instead of as pending; a later run that takes the interval on again clears it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from storage import open_results, results_stamp
+from storage.report import RunReport, read_run_reports, run_failures
+from storage.synthetic import write_synthetic_store
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return write_synthetic_store(tmp_path / "store.zarr", 6, seed=4, pending_share=0.5)
+
+
+def _pending(store) -> list[tuple[str, str, str]]:
+    results = open_results(store)
+    rows = results.status.to_dataframe().reset_index()
+    pending = rows[rows.status == "pending"]
+    assert len(pending) >= 2, "the fixture needs pending intervals"
+    return [(s, *i.split("->")) for s, i in zip(pending.subject, pending.interval)]
+
+
+def test_a_task_failure_shows_with_its_message_instead_of_pending(store):
+    (s1, a1, b1), (s2, a2, b2), *_ = _pending(store)
+    report = RunReport(store, _pending(store))
+    report.failed(s1, f"{a1}->{b1}", "failed", "IsolatedTaskError: step one: its child process was stopped")
+    results = open_results(store)
+    assert results.status.sel(subject=s1, interval=f"{a1}->{b1}").item() == "failed"
+    assert "was stopped" in results.message.sel(subject=s1, interval=f"{a1}->{b1}").item()
+    assert results.status.sel(subject=s2, interval=f"{a2}->{b2}").item() == "pending"
+    assert np.isnan(results.new_lesion_volume_mm3.sel(subject=s1, interval=f"{a1}->{b1}").item())
+
+
+def test_a_later_run_that_takes_the_interval_on_again_clears_the_failure(store):
+    (s1, a1, b1), (s2, a2, b2), *_ = _pending(store)
+    first = RunReport(store, _pending(store))
+    first.failed(s1, f"{a1}->{b1}", "cnn_failed", "the CNN failed")
+    first.failed(s2, f"{a2}->{b2}", "cnn_failed", "the CNN failed")
+    first.finish(done=0)
+    RunReport(store, [(s1, a1, b1)])  # still running: it has not reached this interval yet
+    assert run_failures(store) == {(s2, f"{a2}->{b2}"): {"subject": s2, "interval": f"{a2}->{b2}",
+                                                          "status": "cnn_failed", "message": "the CNN failed"}}
+    results = open_results(store)
+    assert results.status.sel(subject=s1, interval=f"{a1}->{b1}").item() == "pending"
+    assert results.status.sel(subject=s2, interval=f"{a2}->{b2}").item() == "cnn_failed"
+
+
+def test_a_stored_result_outranks_an_older_task_failure(store):
+    results = open_results(store)
+    done = results.status.to_dataframe().reset_index().query("status == 'ok'").iloc[0]
+    RunReport(store, [(done.subject, *done.interval.split("->"))]).failed(done.subject, done.interval, "failed", "old")
+    assert open_results(store).status.sel(subject=done.subject, interval=done.interval).item() == "ok"
+
+
+def test_each_failure_is_on_disk_at_once_and_moves_the_results_stamp(store):
+    (s1, a1, b1), *_ = _pending(store)
+    report = RunReport(store, [(s1, a1, b1)])
+    before = results_stamp(store)
+    report.failed(s1, f"{a1}->{b1}", "failed", "boom")  # a run killed now keeps this record
+    [stored] = read_run_reports(store)
+    assert stored["failures"][0]["message"] == "boom" and stored["finished"] is None
+    assert results_stamp(store) != before
+
+
+def test_msnl_run_records_task_failures_for_the_dashboard(tmp_path, monkeypatch):
+    """`msnl run` on a cluster in this process, with the child processes replaced: N4 does
+    nothing, step one of subject b dies, and subject a's step one 'succeeds' without writing
+    anything, so its CNN task finds no candidates."""
+    from distributed import LocalCluster
+
+    import pipelines.run as run
+    from msnl.scan import Scan
+    from pipelines.isolate import IsolatedTaskError
+    from storage.bids import BidsVisit, write_bids
+    from storage.pairs import PairOutcome, process_pair
+
+    def fake_isolated(func, *args, **kwargs):
+        if func is not process_pair:
+            return None
+        store, subject, a, b, _ = args
+        if subject == "b":
+            raise IsolatedTaskError(f"{kwargs['what']}: its child process was killed by SIGKILL")
+        return PairOutcome(subject, a, b, "ok", "")
+
+    monkeypatch.setattr(run, "run_isolated", fake_isolated)
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    visits = [BidsVisit(s, v, Scan(rng.uniform(100, 200, (24, 24, 16)).astype(np.float32), affine), f"202{i}-01-01", "placebo", "site-1")
+              for s in ("a", "b") for i, v in enumerate(("01", "02"))]
+    write_bids(tmp_path / "bids", visits)
+    store = tmp_path / "store.zarr"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        summary = run.run_cohort(tmp_path / "bids", store, scheduler=cluster.scheduler_address, progress=False)
+    assert {(f[0], f[2]) for f in summary.failed} == {("a", "cnn_failed"), ("b", "failed")}
+    results = open_results(store)
+    assert results.status.sel(subject="a", interval="01->02").item() == "cnn_failed"
+    assert results.status.sel(subject="b", interval="01->02").item() == "failed"
+    assert "killed by SIGKILL" in results.message.sel(subject="b", interval="01->02").item()
+    [report] = read_run_reports(store)
+    assert report["finished"] is not None and report["done"] == 0
