@@ -24,6 +24,7 @@ from pipelines.ingest import run_ingest
 from pipelines.isolate import run_isolated
 from pipelines.progress import progress_bar
 from pipelines.threads import default_workers, thread_env
+from pipelines.worker import LOCAL_WORKER_ENV
 from msnl.step_one import software_versions
 from storage.corrected import correct_stored_visit
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs, result_key
@@ -172,7 +173,7 @@ def cnn_resources(client: Client) -> dict[str, int] | None:
 
 def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
     n = workers or default_workers(todo)
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(1), preload=["pipelines.worker"],
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env={**thread_env(1), LOCAL_WORKER_ENV: "1"}, preload=["pipelines.worker"],
                         dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR)
 
 

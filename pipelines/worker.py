@@ -1,7 +1,8 @@
 """Worker set-up, loaded into every Dask worker with `--preload pipelines.worker`.
 
 `msnl run` preloads it into its local workers; start external workers with
-`dask worker SCHEDULER --preload pipelines.worker`. It does two things:
+`dask worker SCHEDULER --preload pipelines.worker`. It does two things, and a third in `msnl
+run`'s own workers:
 
 - Caps ITK (antspyx), OpenMP and torch threads to the worker's own thread count, since each
   of them takes every core by default and two workers on two cores would fight over four.
@@ -9,12 +10,17 @@
   sys.path and spills to a sub-folder of it named `storage`; with an editable install (an
   import hook, no folder on sys.path) `import storage` would find that spill folder, an empty
   namespace package, instead of ours.
+- In `msnl run`'s local workers (`LOCAL_WORKER_ENV` set), ignores SIGINT. Ctrl-C on a
+  terminal reaches every process of its group: `msnl run` closes its cluster and says how to
+  resume, and a worker of its own would only add a traceback of distributed's. External
+  workers keep their Ctrl-C.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +29,7 @@ from pipelines.threads import thread_env
 log = logging.getLogger(__name__)
 
 PACKAGES_ROOT = str(Path(__file__).resolve().parent.parent)
+LOCAL_WORKER_ENV = "MSNL_LOCAL_WORKER"
 
 
 def dask_setup(worker) -> None:
@@ -37,4 +44,6 @@ def dask_setup(worker) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    if os.environ.get(LOCAL_WORKER_ENV) == "1":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # its child processes inherit this
     log.info("msnl worker %s: %d thread(s) for ITK and torch", worker.name, threads)

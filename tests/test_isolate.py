@@ -140,3 +140,41 @@ def test_a_worker_keeps_its_heartbeats_through_ants_calls_longer_than_the_worker
         removed = [e for e in cluster.scheduler.get_events("all") if "remove-worker" in str(e)]
     assert summary.done == 1 and summary.failed == []
     assert after == before, f"the scheduler replaced its worker: {removed}"
+
+
+def test_ctrl_c_stops_msnl_run_cleanly_and_leaves_no_child_process(tmp_path):
+    """Ctrl-C on a terminal sends SIGINT to every process of the group: `msnl run` says how to
+    resume and exits 130, its workers print no traceback of their own, and the N4 children
+    that were running die with their workers instead of finishing alone."""
+    import signal
+
+    from msnl.template import mni152_anatomy
+    from storage.bids import BidsVisit, write_bids
+
+    flair = mni152_anatomy(resolution=1).flair  # N4 of it takes half a minute or more here
+    write_bids(tmp_path / "bids", [BidsVisit("a", v, flair, f"202{i}-01-01", "placebo", "site-1") for i, v in enumerate(("01", "02"))])
+    with open(tmp_path / "out.log", "wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(tmp_path / "bids"), str(tmp_path / "store.zarr")],
+                               cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    children: list[psutil.Process] = []
+    try:
+        for _ in range(1200):
+            children = [p for p in psutil.Process(run.pid).children(recursive=True) if "pipelines.isolate" in " ".join(p.cmdline())]
+            if children or run.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert children, "no N4 child process started"
+        os.killpg(run.pid, signal.SIGINT)
+        assert run.wait(timeout=120) == 130
+        gone, alive = psutil.wait_procs(children, timeout=2)  # their N4 alone would take many seconds more
+        assert not alive, "a child process outlived its worker"
+        output = (tmp_path / "out.log").read_text()
+        assert "interrupted; finished work is kept, run the same command again to resume" in output
+        assert "Traceback" not in output, output
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        for child in children:
+            if child.is_running():
+                child.kill()
