@@ -46,13 +46,13 @@ def _child(mode: str, source: Path, store: Path, workers: int) -> None:
         import numpy as np
         import zarr
 
-        from storage.scans import COMPRESSOR, CHUNK
+        from storage.scans import COMPRESSOR, array_layout
 
         for i, path in enumerate(files):
             data = np.asarray(nib.load(path).dataobj.get_unscaled())
             arr = zarr.create_array(
                 store / str(i), shape=data.shape, dtype=data.dtype,
-                chunks=tuple(min(CHUNK, s) for s in data.shape), compressors=[COMPRESSOR], zarr_format=3,
+                **array_layout(data.shape), compressors=[COMPRESSOR], zarr_format=3,
             )
             arr[...] = data
     else:

@@ -24,7 +24,7 @@ from storage.cohort import COHORT
 from storage.layout import REPORTS, new_staging_dir, publish, store_path
 from storage.pairs import PAIRS, pair_key
 from storage.report import RUN_PREFIX, run_failures
-from storage.scans import CHUNK, COMPRESSOR
+from storage.scans import lazy_array, write_array
 
 PREDICTIONS = "predictions"
 
@@ -52,9 +52,7 @@ def write_prediction(store: str | Path, subject: str, from_visit: str, to_visit:
     staged_path = new_staging_dir(store)
     group = zarr.open_group(staged_path, mode="w", zarr_format=3)
     if mask is not None:
-        array = group.create_array("newlesions", shape=mask.shape, dtype=np.uint8,
-                                   chunks=tuple(min(CHUNK, s) for s in mask.shape), compressors=[COMPRESSOR], fill_value=0)
-        array[...] = mask.astype(np.uint8)
+        write_array(group, "newlesions", mask.astype(np.uint8))
     group.attrs.update({"subject": subject, "from_visit": from_visit, "to_visit": to_visit, "result_key": key, **attrs})
     if lesions is not None:
         xr.Dataset({c: ("lesion", lesions[c].to_numpy()) for c in lesions.columns}).to_zarr(
@@ -192,8 +190,6 @@ def open_interval(store: str | Path, subject: str, from_visit: str, to_visit: st
 
     The affine (voxel -> scanner mm) of that grid is in the attributes.
     """
-    import dask.array as da
-
     path = store_path(store) / pair_key(subject, from_visit, to_visit)
     attrs = _group_attrs(path)
     if attrs is None or attrs.get("status") != "ok":
@@ -201,9 +197,9 @@ def open_interval(store: str | Path, subject: str, from_visit: str, to_visit: st
         raise StoreError(f"{path}: sub-{subject} {from_visit}->{to_visit} has no images ({state}).")
     group = zarr.open_group(path, mode="r", zarr_format=3)
     dims = ("i", "j", "k")
-    data = {name: (dims, da.from_zarr(group[name])) for name in ("flair1", "flair2", "brain")}
+    data = {name: (dims, lazy_array(group[name])) for name in ("flair1", "flair2", "brain")}
     pred = store_path(store) / prediction_key(subject, from_visit, to_visit)
     if (pred / "newlesions" / "zarr.json").exists():
-        data["newlesions"] = (dims, da.from_zarr(zarr.open_group(pred, mode="r", zarr_format=3)["newlesions"]))
+        data["newlesions"] = (dims, lazy_array(zarr.open_group(pred, mode="r", zarr_format=3)["newlesions"]))
     return xr.Dataset(data, attrs={"affine": attrs["affine"], "subject": subject,
                                    "from_visit": from_visit, "to_visit": to_visit})

@@ -119,7 +119,7 @@ def write_scan(store: str | Path, record: ScanRecord, nifti: NiftiScan) -> None:
         "0",
         shape=nifti.data.shape,
         dtype=nifti.data.dtype,
-        chunks=tuple(min(CHUNK, s) for s in nifti.data.shape),
+        **array_layout(nifti.data.shape),
         compressors=[COMPRESSOR],
         dimension_names=_AXES,
         fill_value=0,
@@ -173,7 +173,7 @@ def _scan_group(store: str | Path, subject: str, visit: str) -> zarr.Group:
 def lazy_scan(store: str | Path, subject: str, visit: str) -> tuple[da.Array, dict[str, Any]]:
     """The raw voxels of a stored scan as a Dask array (nothing read yet), and its attributes."""
     group = _scan_group(store, subject, visit)
-    return da.from_zarr(group["0"]), dict(group.attrs["msnl"])
+    return lazy_array(group["0"]), dict(group.attrs["msnl"])
 
 
 def read_scan(store: str | Path, subject: str, visit: str) -> Scan:
@@ -195,8 +195,22 @@ def list_scans(store: str | Path) -> list[dict[str, Any]]:
     return found
 
 
+def array_layout(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Chunks and shards of a stored array: 64³ chunks for volumes, 1 M-element chunks for flat
+    data, all inside one shard, so that an array is one file (a 1 mm brain's 36 chunks were 36
+    files, which a cluster file system's metadata servers pay for); readers still fetch single
+    chunks from it."""
+    chunks = tuple(min(CHUNK, n) for n in shape) if len(shape) == 3 else (min(1 << 20, max(shape[0], 1)),)
+    return {"chunks": chunks, "shards": tuple(max(-(-n // c), 1) * c for n, c in zip(shape, chunks))}
+
+
+def lazy_array(array: zarr.Array) -> da.Array:
+    """A stored array as Dask, one block per chunk: by default Dask takes a whole shard as a
+    block, so a slice would read the whole array."""
+    return da.from_zarr(array, chunks=array.chunks)
+
+
 def write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
-    """An array in the store's codec: 64³ chunks for volumes, 1 M-element chunks for flat data."""
-    chunks = tuple(min(CHUNK, s) for s in data.shape) if data.ndim == 3 else (min(1 << 20, max(len(data), 1)),)
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=[COMPRESSOR], fill_value=0)
+    """An array in the store's codec and layout (`array_layout`)."""
+    array = group.create_array(name, shape=data.shape, dtype=data.dtype, **array_layout(data.shape), compressors=[COMPRESSOR], fill_value=0)
     array[...] = data
