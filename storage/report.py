@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import zarr
 
-from storage.layout import REPORTS, new_staging_dir, open_root, publish, store_path
+from storage.layout import REPORTS, group_attrs, new_staging_dir, open_root, publish, store_path
 
 RUN_PREFIX = "run-"
 
@@ -64,16 +63,15 @@ class RunReport:
         publish(self.store, staged, self.key)
 
 
+def run_report_files(store: str | Path) -> list[Path]:
+    """The zarr.json of every stored run report, oldest first."""
+    return sorted((store_path(store) / REPORTS).glob(f"{RUN_PREFIX}*/zarr.json"))
+
+
 def read_run_reports(store: str | Path) -> list[dict[str, Any]]:
-    """Every stored run report, oldest first (their attributes, read straight from zarr.json)."""
-    folder = store_path(store) / REPORTS
-    reports = []
-    for meta in sorted(folder.glob(f"{RUN_PREFIX}*/zarr.json")):
-        try:
-            reports.append(dict(json.loads(meta.read_text()).get("attributes", {})))
-        except FileNotFoundError:  # being replaced by its run this instant
-            continue
-    return reports
+    """Every stored run report's attributes, oldest first; one being replaced this instant is
+    skipped."""
+    return [attrs for meta in run_report_files(store) if (attrs := group_attrs(meta.parent)) is not None]
 
 
 def run_failures(store: str | Path) -> dict[tuple[str, str], dict[str, Any]]:

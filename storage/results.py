@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import zarr
 from msnl.errors import StoreError
 from msnl.qc import acquisition_label, resolution_ratio
 from storage.cohort import COHORT
-from storage.layout import REPORTS, new_staging_dir, publish, store_path
+from storage.layout import group_attrs, new_staging_dir, publish, store_path
 from storage.pairs import PAIRS, pair_key
-from storage.report import RUN_PREFIX, run_failures
+from storage.report import run_failures, run_report_files
 from storage.scans import lazy_array, write_array
 
 PREDICTIONS = "predictions"
@@ -33,17 +32,8 @@ def prediction_key(subject: str, from_visit: str, to_visit: str) -> str:
     return f"{PREDICTIONS}/{subject}/{from_visit}/{to_visit}"
 
 
-def _group_attrs(path: Path) -> dict[str, Any] | None:
-    """A group's attributes straight from its zarr.json: a fraction of opening the group,
-    which counts when a dashboard reads thousands of them."""
-    try:
-        return dict(json.loads((path / "zarr.json").read_text()).get("attributes", {}))
-    except FileNotFoundError:
-        return None
-
-
 def read_prediction_attrs(store: str | Path, subject: str, from_visit: str, to_visit: str) -> dict[str, Any] | None:
-    return _group_attrs(store_path(store) / prediction_key(subject, from_visit, to_visit))
+    return group_attrs(store_path(store) / prediction_key(subject, from_visit, to_visit))
 
 
 def write_prediction(store: str | Path, subject: str, from_visit: str, to_visit: str, key: str,
@@ -108,7 +98,7 @@ def open_results(store: str | Path) -> xr.Dataset:
     rows = []
     task_failures = run_failures(path)
     for subject, a, b in _intervals(cohort):
-        step_one = _group_attrs(path / pair_key(subject, a, b)) or {}
+        step_one = group_attrs(path / pair_key(subject, a, b)) or {}
         pred = read_prediction_attrs(path, subject, a, b) or {}
         task = task_failures.get((subject, f"{a}->{b}"), {})
         status = (pred.get("status") or (step_one.get("status") if step_one.get("status") not in (None, "ok") else None)
@@ -179,7 +169,7 @@ def results_stamp(store: str | Path) -> tuple[int, int, float]:
     for top in (PAIRS, PREDICTIONS):
         metas = list((path / top).glob("*/*/*/zarr.json"))
         stamps.append((len(metas), max((m.stat().st_mtime for m in metas), default=0.0)))
-    others = [path / COHORT / "zarr.json", *(path / REPORTS).glob(f"{RUN_PREFIX}*/zarr.json")]
+    others = [path / COHORT / "zarr.json", *run_report_files(path)]
     latest = max([stamps[0][1], stamps[1][1], *(_mtime(m) for m in others)])
     return stamps[0][0], stamps[1][0], latest
 
@@ -191,7 +181,7 @@ def open_interval(store: str | Path, subject: str, from_visit: str, to_visit: st
     The affine (voxel -> scanner mm) of that grid is in the attributes.
     """
     path = store_path(store) / pair_key(subject, from_visit, to_visit)
-    attrs = _group_attrs(path)
+    attrs = group_attrs(path)
     if attrs is None or attrs.get("status") != "ok":
         state = "not processed yet" if attrs is None else f"{attrs.get('status')}: {attrs.get('message')}"
         raise StoreError(f"{path}: sub-{subject} {from_visit}->{to_visit} has no images ({state}).")
