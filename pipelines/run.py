@@ -30,7 +30,8 @@ from storage.corrected import correct_stored_visit
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs, result_key
 from storage.report import RunReport
 from storage.scans import stored_scan_attrs, stored_scan_voxels
-from storage.results import intervals, read_prediction_attrs, single_visit_subjects, write_prediction
+from storage.results import (intervals, prediction_result_key, read_prediction_attrs, single_visit_subjects,
+                             write_prediction)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,6 @@ class RunSummary:
     skipped: int
     failed: list[tuple[str, str, str, str]]  # subject, interval, status, message
     reprocessed: int = 0  # done before, but with another config, software or weights
-
-
-def _prediction_key(step_one_key: str, weights_digest: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(f"{step_one_key}:{weights_digest}".encode()).hexdigest()
 
 
 def n4_task(store: str, subject: str, visit: str, cfg: StepOneConfig) -> tuple[str, str]:
@@ -90,7 +85,7 @@ def cnn_task(store: str, batch: list[tuple[str, str, str]], weights: str | None,
         except MsnlError as exc:  # one interval's problem never fails the rest of the batch
             done.append((subject, a, b, "cnn_failed", str(exc)))
             continue
-        key = _prediction_key(attrs["result_key"], digest)
+        key = prediction_result_key(attrs["result_key"], digest)
         brain = read_pair_array(store, subject, a, b, "brain")
         grid = LabelMap(brain > 0, np.asarray(attrs["affine"]))
         started = time.perf_counter()
@@ -149,7 +144,7 @@ def interval_state(store: str, subject: str, a: str, b: str, cfg: StepOneConfig,
     pred = read_prediction_attrs(store, subject, a, b)
     if pred is None:
         return "new"
-    return "done" if pred.get("result_key") == _prediction_key(attrs["result_key"], digest) else "stale"
+    return "done" if pred.get("result_key") == prediction_result_key(attrs["result_key"], digest) else "stale"
 
 
 # CNN tasks go before any waiting step-one or N4 task: they are short, and their results are
@@ -175,6 +170,12 @@ def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
     n = workers or default_workers(todo)
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env={**thread_env(1), LOCAL_WORKER_ENV: "1"}, preload=["pipelines.worker"],
                         dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR)
+
+
+def _record_failure(report: RunReport, store: str, subject: str, a: str, b: str, status: str, message: str) -> None:
+    """Put a task failure on record, naming the prediction it supersedes (if one is stored)."""
+    stored = read_prediction_attrs(store, subject, a, b) or {}
+    report.failed(subject, f"{a}->{b}", status, message, stored_result=stored.get("result_key"))
 
 
 def _error(future) -> str:
@@ -255,7 +256,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                     failed.append((subject, f"{a}->{b}", status, message))
                     bars[2].update(1)
                     if future.status == "error":  # a stored step-one failure is on record already
-                        report.failed(subject, f"{a}->{b}", status, message)
+                        _record_failure(report, store, subject, a, b, status, message)
                     tqdm.write(f"run: sub-{subject} {a}->{b} failed: " + (message if status == "failed" else f"{status}: {message}"))
                 if cnn_batch_ready(len(pending), cnn_batch, len(futures) - finished, workers_now):
                     cnn = client.submit(cnn_task, store, pending, weights, cfg, resources=resources, pure=False,
@@ -267,7 +268,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                 message = _error(future)
                 for subject, a, b in batch_of[future]:
                     failed.append((subject, f"{a}->{b}", "cnn_failed", message))
-                    report.failed(subject, f"{a}->{b}", "cnn_failed", message)
+                    _record_failure(report, store, subject, a, b, "cnn_failed", message)
                     tqdm.write(f"run: sub-{subject} {a}->{b} failed in the CNN: {message}")
                 bars[2].update(len(batch_of[future]))
             else:
@@ -276,7 +277,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                         done += 1
                     else:
                         failed.append((subject, f"{a}->{b}", status, message))
-                        report.failed(subject, f"{a}->{b}", status, message)
+                        _record_failure(report, store, subject, a, b, status, message)
                         tqdm.write(f"run: sub-{subject} {a}->{b} failed in the CNN: {message}")
                     bars[2].update(1)
         for bar in bars:

@@ -49,8 +49,11 @@ class RunReport:
                                       "intervals": [[s, f"{a}->{b}"] for s, a, b in intervals], "failures": []}
         self._write()
 
-    def failed(self, subject: str, interval: str, status: str, message: str) -> None:
-        self.attrs["failures"].append({"subject": subject, "interval": interval, "status": status, "message": message})
+    def failed(self, subject: str, interval: str, status: str, message: str, stored_result: str | None = None) -> None:
+        """Record a failure; `stored_result` is the result key of the prediction the interval
+        had in the store when it failed, which this failure supersedes."""
+        self.attrs["failures"].append({"subject": subject, "interval": interval, "status": status, "message": message,
+                                       "stored_result": stored_result})
         self._write()
 
     def finish(self, done: int) -> None:

@@ -1,16 +1,22 @@
 """Per-interval new-lesion results (step two) in the store, and the xarray view over them.
 
     predictions/<subject>/<from-visit>/<to-visit>/
-        attrs      status, message, result_key (step one's key + weights digest), counts,
-                   volumes, weights digest
+        attrs      status, message, result_key (`prediction_result_key` of step one's key and
+                   the weights digest), counts, volumes, weights digest
         newlesions uint8 mask on visit 2's grid
         lesions/   the lesion table (xarray, dimension "lesion")
+
+A stored prediction counts only while it is current: made from the step-one result stored now,
+and not failed since by a run that took its interval on again. Otherwise it is superseded, and
+readers neither show its counts nor list its lesions.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -30,6 +36,27 @@ PREDICTIONS = "predictions"
 
 def prediction_key(subject: str, from_visit: str, to_visit: str) -> str:
     return f"{PREDICTIONS}/{subject}/{from_visit}/{to_visit}"
+
+
+def prediction_result_key(step_one_key: str, weights_digest: str) -> str:
+    """The key of a prediction: what it was made from (step one's result key) and by (the
+    weights)."""
+    return hashlib.sha256(f"{step_one_key}:{weights_digest}".encode()).hexdigest()
+
+
+def current_prediction(pred: dict[str, Any] | None, step_one: dict[str, Any] | None,
+                       failure: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`pred` (a prediction's attributes) when it still stands, None when it is superseded:
+    made from another step-one result than `step_one` (a re-run with another config, inputs or
+    software replaced it, or failed to), or failed since (`failure`, from the run reports,
+    names the prediction that was stored when its run failed the interval)."""
+    if not pred or not step_one:
+        return None
+    if pred.get("result_key") != prediction_result_key(step_one.get("result_key", ""), pred.get("weights_digest", "")):
+        return None
+    if failure and failure.get("stored_result") == pred.get("result_key"):
+        return None
+    return pred
 
 
 def read_prediction_attrs(store: str | Path, subject: str, from_visit: str, to_visit: str) -> dict[str, Any] | None:
@@ -86,7 +113,9 @@ def open_results(store: str | Path) -> xr.Dataset:
     An interval is named "<from-visit>-><to-visit>". Status is "pending" until processed. A
     failure stored with the step-one result gives its status; a task that failed without a
     result (recorded in the latest run report that took the interval on) gives the status
-    that run reported, until a run processes it.
+    that run reported, until a run processes it. A superseded prediction (see the module's
+    docstring) is not shown: the interval reads as its step-one failure, its task failure, or
+    pending.
     `from_acquisition` and `to_acquisition` say how each visit was acquired ("axial 3.0 mm
     slices", "3D 1.0 mm"); `resolution_ratio` is how many times coarser visit 1 is sampled than
     visit 2 along a head axis (see `msnl.qc.REVIEW_RESOLUTION_RATIO`).
@@ -99,8 +128,8 @@ def open_results(store: str | Path) -> xr.Dataset:
     task_failures = run_failures(path)
     for subject, a, b in _intervals(cohort):
         step_one = group_attrs(path / pair_key(subject, a, b)) or {}
-        pred = read_prediction_attrs(path, subject, a, b) or {}
         task = task_failures.get((subject, f"{a}->{b}"), {})
+        pred = current_prediction(read_prediction_attrs(path, subject, a, b), step_one, task) or {}
         status = (pred.get("status") or (step_one.get("status") if step_one.get("status") not in (None, "ok") else None)
                   or task.get("status") or "pending")
         qc = step_one.get("qc", {})
@@ -134,18 +163,23 @@ def open_results(store: str | Path) -> xr.Dataset:
 
 
 def open_lesions(store: str | Path, subject: str | None = None, interval: str | None = None) -> pd.DataFrame:
-    """Every new lesion of every processed interval: subject, interval, centroid, volume,
-    probability. `subject` and `interval` ("01->02") narrow it, and read only those tables."""
+    """Every new lesion of every interval with a current prediction (as `open_results` counts
+    them): subject, interval, centroid, volume, probability. `subject` and `interval`
+    ("01->02") narrow it, and read only those tables."""
     path = store_path(store)
     tables = []
+    task_failures = run_failures(path)
     a, b = interval.split("->") if interval else ("*", "*")
     for meta in sorted((path / PREDICTIONS).glob(f"{subject or '*'}/{a}/{b}/lesions/zarr.json")):
         group = meta.parent.parent
-        attrs = dict(zarr.open_group(group, mode="r", zarr_format=3).attrs)
+        attrs = group_attrs(group) or {}
+        s, v1, v2 = attrs.get("subject"), attrs.get("from_visit"), attrs.get("to_visit")
+        if current_prediction(attrs, group_attrs(path / pair_key(s, v1, v2)), task_failures.get((s, f"{v1}->{v2}"))) is None:
+            continue
         table = xr.open_zarr(group, group="lesions", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
         if len(table):
-            table.insert(0, "interval", f"{attrs['from_visit']}->{attrs['to_visit']}")
-            table.insert(0, "subject", attrs["subject"])
+            table.insert(0, "interval", f"{v1}->{v2}")
+            table.insert(0, "subject", s)
             tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
@@ -176,7 +210,8 @@ def results_stamp(store: str | Path) -> tuple[int, int, float]:
 
 def open_interval(store: str | Path, subject: str, from_visit: str, to_visit: str) -> xr.Dataset:
     """One interval's images on the later visit's grid, lazily (Dask): `flair1` (registered and
-    histogram-matched), `flair2` (N4-corrected), `brain` and `newlesions` (when predicted).
+    histogram-matched), `flair2` (N4-corrected), `brain` and `newlesions` (when a current
+    prediction is stored).
 
     The affine (voxel -> scanner mm) of that grid is in the attributes.
     """
@@ -189,7 +224,9 @@ def open_interval(store: str | Path, subject: str, from_visit: str, to_visit: st
     dims = ("i", "j", "k")
     data = {name: (dims, lazy_array(group[name])) for name in ("flair1", "flair2", "brain")}
     pred = store_path(store) / prediction_key(subject, from_visit, to_visit)
-    if (pred / "newlesions" / "zarr.json").exists():
+    failure = run_failures(store).get((subject, f"{from_visit}->{to_visit}"))
+    if (current_prediction(group_attrs(pred), attrs, failure) is not None
+            and (pred / "newlesions" / "zarr.json").exists()):
         data["newlesions"] = (dims, lazy_array(zarr.open_group(pred, mode="r", zarr_format=3)["newlesions"]))
     return xr.Dataset(data, attrs={"affine": attrs["affine"], "subject": subject,
                                    "from_visit": from_visit, "to_visit": to_visit})

@@ -17,7 +17,7 @@ import zarr
 from storage.cohort import write_cohort_table
 from storage.layout import new_staging_dir, open_root, publish
 from storage.pairs import pair_key
-from storage.results import write_prediction
+from storage.results import prediction_result_key, write_prediction
 from storage.scans import write_array
 
 SHAPE = (48, 56, 20)
@@ -98,7 +98,7 @@ def _write_prediction(store: Path, subject: str, a: str, b: str, affine: np.ndar
                      "volume_mm3": float(8 * np.prod(SPACING)), "mean_probability": float(rng.uniform(0.75, 1)),
                      "infratentorial": bool(centre[2] < 7)})
     lesions = pd.DataFrame(rows, columns=["lesion", "x_mm", "y_mm", "z_mm", "volume_mm3", "mean_probability", "infratentorial"])
-    write_prediction(store, subject, a, b, "synthetic", mask, lesions, {
+    write_prediction(store, subject, a, b, prediction_result_key("synthetic", "synthetic"), mask, lesions, {
         "status": "ok", "message": "", "weights_digest": "synthetic", "new_lesion_count": count,
         "new_lesion_volume_mm3": float(lesions.volume_mm3.sum()) if count else 0.0,
     })

@@ -14,7 +14,7 @@ from dashboard.views import quality_shown
 from storage import open_results
 from storage.layout import open_root
 from storage.pairs import pair_key
-from storage.results import write_prediction
+from storage.results import prediction_result_key, write_prediction
 from storage.synthetic import SHAPE, write_synthetic_store
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
@@ -188,9 +188,10 @@ def test_a_new_result_shows_on_the_next_refresh(tmp_path, monkeypatch):
     subject, interval = next((str(s), str(i)) for s in results.subject.values for i in results.interval.values
                              if results.status.sel(subject=s, interval=i).item() == "pending")
     a, b = interval.split("->")
-    zarr.open_group(store / pair_key(subject, a, b), mode="w", zarr_format=3).attrs.update({"status": "ok", "affine": np.eye(4).tolist()})
-    write_prediction(store, subject, a, b, "k", np.zeros(SHAPE, np.uint8), None,
-                     {"status": "ok", "new_lesion_count": 0, "new_lesion_volume_mm3": 0.0})
+    zarr.open_group(store / pair_key(subject, a, b), mode="w", zarr_format=3).attrs.update(
+        {"status": "ok", "affine": np.eye(4).tolist(), "result_key": "step-one"})
+    write_prediction(store, subject, a, b, prediction_result_key("step-one", "w"), np.zeros(SHAPE, np.uint8), None,
+                     {"status": "ok", "weights_digest": "w", "new_lesion_count": 0, "new_lesion_volume_mm3": 0.0})
     at.run()
     assert int(at.metric[2].value) == before + 1
 

@@ -143,13 +143,13 @@ def test_a_visit_without_a_brain_gets_a_recorded_status(store):
 
 def test_run_knows_what_is_done_stale_or_new(store):
     from msnl.step_one import software_versions
-    from pipelines.run import _prediction_key, interval_state
-    from storage.results import write_prediction
+    from pipelines.run import interval_state
+    from storage.results import prediction_result_key, write_prediction
 
     process_pair(store, "good", "01", "02")
     versions, cfg = software_versions(), StepOneConfig()
     assert interval_state(str(store), "good", "01", "02", cfg, "weights-a", versions) == "new"  # no CNN result yet
-    key = _prediction_key(read_pair_attrs(store, "good", "01", "02")["result_key"], "weights-a")
+    key = prediction_result_key(read_pair_attrs(store, "good", "01", "02")["result_key"], "weights-a")
     write_prediction(store, "good", "01", "02", key, None, None, {"status": "ok"})
     assert interval_state(str(store), "good", "01", "02", cfg, "weights-a", versions) == "done"
     assert interval_state(str(store), "good", "01", "02", cfg, "weights-b", versions) == "stale"  # new weights

@@ -4,10 +4,16 @@ the dashboard, instead of as pending; a later run that takes the interval on aga
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import zarr
 
 from storage import open_results, results_stamp
+from storage.layout import open_root
+from storage.pairs import pair_key
+from storage.results import open_interval, open_lesions, read_prediction_attrs, write_prediction
 from storage.report import RunReport, read_run_reports, run_failures
 from storage.synthetic import write_synthetic_store
 
@@ -43,8 +49,8 @@ def test_a_later_run_that_takes_the_interval_on_again_clears_the_failure(store):
     first.failed(s2, f"{a2}->{b2}", "cnn_failed", "the CNN failed")
     first.finish(done=0)
     RunReport(store, [(s1, a1, b1)])  # still running: it has not reached this interval yet
-    assert run_failures(store) == {(s2, f"{a2}->{b2}"): {"subject": s2, "interval": f"{a2}->{b2}",
-                                                          "status": "cnn_failed", "message": "the CNN failed"}}
+    assert run_failures(store) == {(s2, f"{a2}->{b2}"): {"subject": s2, "interval": f"{a2}->{b2}", "status": "cnn_failed",
+                                                          "message": "the CNN failed", "stored_result": None}}
     results = open_results(store)
     assert results.status.sel(subject=s1, interval=f"{a1}->{b1}").item() == "pending"
     assert results.status.sel(subject=s2, interval=f"{a2}->{b2}").item() == "cnn_failed"
@@ -55,6 +61,49 @@ def test_a_stored_result_outranks_an_older_task_failure(store):
     done = results.status.to_dataframe().reset_index().query("status == 'ok'").iloc[0]
     RunReport(store, [(done.subject, *done.interval.split("->"))]).failed(done.subject, done.interval, "failed", "old")
     assert open_results(store).status.sel(subject=done.subject, interval=done.interval).item() == "ok"
+
+
+def _done(store) -> tuple[str, str, str, str]:
+    """An interval with a stored result and new lesions: subject, interval, visits."""
+    results = open_results(store)
+    rows = results.new_lesion_count.to_dataframe().reset_index().merge(results.status.to_dataframe().reset_index())
+    row = rows[(rows.status == "ok") & (rows.new_lesion_count > 0)].iloc[0]
+    return row.subject, row.interval, *row.interval.split("->")
+
+
+def test_a_later_run_failing_the_interval_supersedes_the_result_it_found(store):
+    """A run that took on an interval with a stored result (new weights, say) and failed it:
+    the old result no longer stands for that interval, in the table, the lesions or the images."""
+    subject, interval, a, b = _done(store)
+    assert len(open_lesions(store, subject, interval)) > 0
+    stored = read_prediction_attrs(store, subject, a, b)["result_key"]
+    RunReport(store, [(subject, a, b)]).failed(subject, interval, "cnn_failed", "CUDA out of memory", stored_result=stored)
+    results = open_results(store)
+    assert results.status.sel(subject=subject, interval=interval).item() == "cnn_failed"
+    assert results.message.sel(subject=subject, interval=interval).item() == "CUDA out of memory"
+    assert results.new_lesion_count.sel(subject=subject, interval=interval).item() == -1
+    assert open_lesions(store, subject, interval).empty
+    assert "newlesions" not in open_interval(store, subject, a, b)
+
+
+def test_a_result_published_after_the_failure_stands(store):
+    subject, interval, a, b = _done(store)
+    RunReport(store, [(subject, a, b)]).failed(subject, interval, "cnn_failed", "boom", stored_result="an older result")
+    assert open_results(store).status.sel(subject=subject, interval=interval).item() == "ok"
+    assert len(open_lesions(store, subject, interval)) > 0
+
+
+def test_a_result_made_from_a_replaced_step_one_result_no_longer_counts(store):
+    """Step one re-ran (another config) and stored a failure: the prediction made from the
+    step-one result it replaced shows neither its count nor its lesions."""
+    subject, interval, a, b = _done(store)
+    zarr.open_group(Path(store) / pair_key(subject, a, b), mode="w", zarr_format=3).attrs.update(
+        {"status": "registration_failed", "message": "visits correlate at 0.30", "result_key": "another config"})
+    results = open_results(store)
+    assert results.status.sel(subject=subject, interval=interval).item() == "registration_failed"
+    assert results.new_lesion_count.sel(subject=subject, interval=interval).item() == -1
+    assert open_lesions(store, subject, interval).empty
+    assert not open_lesions(store).query("subject == @subject and interval == @interval").size
 
 
 def test_each_failure_is_on_disk_at_once_and_moves_the_results_stamp(store):
@@ -94,6 +143,9 @@ def test_msnl_run_records_task_failures_for_the_dashboard(tmp_path, monkeypatch)
               for s in ("a", "b") for i, v in enumerate(("01", "02"))]
     write_bids(tmp_path / "bids", visits)
     store = tmp_path / "store.zarr"
+    # a result from earlier weights, which the run's CNN failure supersedes
+    open_root(store, create=True)
+    write_prediction(store, "a", "01", "02", "earlier result", None, None, {"status": "ok"})
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         summary = run.run_cohort(tmp_path / "bids", store, scheduler=cluster.scheduler_address, progress=False)
     assert {(f[0], f[2]) for f in summary.failed} == {("a", "cnn_failed"), ("b", "failed")}
@@ -103,3 +155,4 @@ def test_msnl_run_records_task_failures_for_the_dashboard(tmp_path, monkeypatch)
     assert "killed by SIGKILL" in results.message.sel(subject="b", interval="01->02").item()
     [report] = read_run_reports(store)
     assert report["finished"] is not None and report["done"] == 0
+    assert {f["subject"]: f["stored_result"] for f in report["failures"]} == {"a": "earlier result", "b": None}
