@@ -8,7 +8,7 @@
         flair2     float32, visit 2 after N4
         levels1/2  uint8, the grey levels (1..6 in the brain, 0 outside)
         candidates int32, candidate labels (0 = none)
-        table/     the candidates table (xarray, dimension "candidate")
+        table      the candidates table, one row per candidate (storage.tables)
         patches    float32, every patch raveled and concatenated; `table.patch_offset` and the
                    bounding box in `table` locate each one (channels: msnl.candidates.PATCH_CHANNELS)
 
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 import zarr
 
 from msnl.candidates import PATCH_CHANNELS, extract_patches, widen_boxes, with_flair_channels
@@ -40,6 +39,7 @@ from msnl.step_one import StageTimer, StepOneResult, correct_visit, run_step_one
 from storage.corrected import read_corrected
 from storage.layout import new_staging_dir, open_root, publish, store_path
 from storage.scans import read_scan, stored_scan_attrs, write_array
+from storage.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,8 @@ class PairOutcome:
     n_candidates: int | None = None
 
 
-def _table_dataset(table: pd.DataFrame, offsets: np.ndarray) -> xr.Dataset:
-    ds = xr.Dataset({c: ("candidate", table[c].to_numpy()) for c in table.columns})
-    ds["patch_offset"] = ("candidate", offsets[:-1].astype(np.int64))
-    ds.attrs["patch_channels"] = list(PATCH_CHANNELS)
-    return ds
+def _with_offsets(table: pd.DataFrame, offsets: np.ndarray) -> pd.DataFrame:
+    return table.assign(patch_offset=offsets[:-1].astype(np.int64))
 
 
 def _attrs(subject, v1, v2, status, message, key, cfg, versions, extra) -> dict[str, Any]:
@@ -142,7 +139,7 @@ def process_pair(store: str | Path, subject: str, from_visit: str, to_visit: str
     extra.update(qc=result.qc, n_candidates=n, registration_matrix=result.registration_matrix.tolist(),
                  timings=timer.seconds, timing_owner=timer.owner)
     staged.attrs.update(_attrs(subject, from_visit, to_visit, "ok", "", key, cfg, versions, extra))
-    _table_dataset(result.table, offsets).to_zarr(staged_path, group="table", mode="w", zarr_format=3, consolidated=False)
+    write_table(staged, "table", _with_offsets(result.table, offsets), {"patch_channels": list(PATCH_CHANNELS)})
     publish(store, staged_path, pair_key(subject, from_visit, to_visit))
     return PairOutcome(subject, from_visit, to_visit, "ok", "", n)
 
@@ -161,7 +158,7 @@ def read_candidate_table(store: str | Path, subject: str, from_visit: str, to_vi
     attrs = read_pair_attrs(store, subject, from_visit, to_visit)
     if attrs is None or attrs.get("status") != "ok":
         raise StoreError(f"{path}: no step-one result ({'missing' if attrs is None else attrs.get('status')}).")
-    return xr.open_zarr(path, group="table", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
+    return read_table(path / "table")
 
 
 def read_candidates(store: str | Path, subject: str, from_visit: str, to_visit: str,

@@ -4,7 +4,7 @@
         attrs      status, message, result_key (`prediction_result_key` of step one's key and
                    the weights digest), counts, volumes, weights digest
         newlesions uint8 mask on visit 2's grid
-        lesions/   the lesion table (xarray, dimension "lesion")
+        lesions    the lesion table, one row per new lesion (storage.tables)
 
 A stored prediction counts only while it is current: made from the step-one result stored now,
 and not failed since by a run that took its interval on again. Otherwise it is superseded, and
@@ -30,6 +30,7 @@ from storage.layout import group_attrs, new_staging_dir, publish, store_path
 from storage.pairs import PAIRS, pair_key
 from storage.report import run_failures, run_report_files
 from storage.scans import lazy_array, write_array
+from storage.tables import read_table, write_table
 
 PREDICTIONS = "predictions"
 
@@ -72,8 +73,7 @@ def write_prediction(store: str | Path, subject: str, from_visit: str, to_visit:
         write_array(group, "newlesions", mask.astype(np.uint8))
     group.attrs.update({"subject": subject, "from_visit": from_visit, "to_visit": to_visit, "result_key": key, **attrs})
     if lesions is not None:
-        xr.Dataset({c: ("lesion", lesions[c].to_numpy()) for c in lesions.columns}).to_zarr(
-            staged_path, group="lesions", mode="w", zarr_format=3, consolidated=False)
+        write_table(group, "lesions", lesions)
     publish(store, staged_path, prediction_key(subject, from_visit, to_visit))
 
 
@@ -176,7 +176,7 @@ def open_lesions(store: str | Path, subject: str | None = None, interval: str | 
         s, v1, v2 = attrs.get("subject"), attrs.get("from_visit"), attrs.get("to_visit")
         if current_prediction(attrs, group_attrs(path / pair_key(s, v1, v2)), task_failures.get((s, f"{v1}->{v2}"))) is None:
             continue
-        table = xr.open_zarr(group, group="lesions", zarr_format=3, consolidated=False).load().to_dataframe().reset_index(drop=True)
+        table = read_table(group / "lesions")
         if len(table):
             table.insert(0, "interval", f"{v1}->{v2}")
             table.insert(0, "subject", s)

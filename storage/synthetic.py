@@ -97,7 +97,9 @@ def _write_prediction(store: Path, subject: str, a: str, b: str, affine: np.ndar
         rows.append({"lesion": n + 1, "x_mm": xyz[0], "y_mm": xyz[1], "z_mm": xyz[2],
                      "volume_mm3": float(8 * np.prod(SPACING)), "mean_probability": float(rng.uniform(0.75, 1)),
                      "infratentorial": bool(centre[2] < 7)})
-    lesions = pd.DataFrame(rows, columns=["lesion", "x_mm", "y_mm", "z_mm", "volume_mm3", "mean_probability", "infratentorial"])
+    lesions = pd.DataFrame(rows, columns=["lesion", "x_mm", "y_mm", "z_mm", "volume_mm3", "mean_probability", "infratentorial"]).astype(
+        {"lesion": np.int64, "x_mm": float, "y_mm": float, "z_mm": float, "volume_mm3": float, "mean_probability": float,
+         "infratentorial": bool})
     write_prediction(store, subject, a, b, prediction_result_key("synthetic", "synthetic"), mask, lesions, {
         "status": "ok", "message": "", "weights_digest": "synthetic", "new_lesion_count": count,
         "new_lesion_volume_mm3": float(lesions.volume_mm3.sum()) if count else 0.0,
