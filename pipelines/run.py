@@ -28,7 +28,7 @@ from pipelines.worker import LOCAL_WORKER_ENV
 from msnl.step_one import software_versions
 from storage.corrected import correct_stored_visit
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs, result_key
-from storage.report import RunReport
+from storage.report import RunReport, run_failures
 from storage.scans import stored_scan_attrs, stored_scan_voxels
 from storage.results import (intervals, prediction_result_key, read_prediction_attrs, single_visit_subjects,
                              write_prediction)
@@ -214,9 +214,15 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
         print(f"run: {len(states)} intervals, {skipped} already done, {len(todo)} to process")
         if stale:
             print(f"run: {stale} interval(s) were done with another config, software version or weights: reprocessing them")
+    # Intervals an earlier run failed whose stored result is current for this run (the user went
+    # back to the weights or config that made it): this report clears those failures.
+    earlier = run_failures(store)
+    found_done = [t for t, state in states.items() if state == "done" and (t[0], f"{t[1]}->{t[2]}") in earlier]
     if not todo:
+        if found_done:
+            RunReport(store, [], found_done).finish(0)
         return RunSummary(len(states), 0, skipped, failed, stale)
-    report = RunReport(store, todo)  # task failures leave no result: this keeps them on record
+    report = RunReport(store, todo, found_done)  # task failures leave no result: this keeps them on record
     cluster = _start_cluster(len(todo), workers) if scheduler is None else None
     # Not the default client: nothing else in this process should start sending work to it.
     client = Client(scheduler or cluster, set_as_default=False)

@@ -4,8 +4,9 @@
       scans/<subject>/<visit>/  one OME-NGFF 0.5 image group per scan; array "0" holds the voxels
       cohort/                   the cohort table (subjects x visits), written by xarray
       reports/ingest-<time>/    one group per ingest run; its attributes hold the report
-      reports/run-<time>/       one group per `msnl run`: the intervals it took on, and those
-                                that failed in a task (no result in the store says so)
+      reports/run-<time>/       one group per `msnl run`: the intervals it took on (or found
+                                done after an earlier run failed them), and those that failed
+                                in a task (no result in the store says so)
       .staging/                 work in progress; never read; a run clears leftovers over an hour old
 
 A scan is written under `.staging/` and renamed into place, so a reader (or a re-run after a

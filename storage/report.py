@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import zarr
 
@@ -41,12 +41,16 @@ class RunReport:
     they would read as "pending". The report is rewritten atomically at each failure, so a run
     that crashes keeps every failure recorded before it."""
 
-    def __init__(self, store: str | Path, intervals: list[tuple[str, str, str]]) -> None:
+    def __init__(self, store: str | Path, intervals: list[tuple[str, str, str]],
+                 found_done: Sequence[tuple[str, str, str]] = ()) -> None:
+        """`intervals`: those this run processes; `found_done`: those it found done with its
+        config and weights although an earlier run had failed them, whose failures it clears."""
         self.store = str(store)
         stamp = _stamp()
         self.key = f"{REPORTS}/{RUN_PREFIX}{stamp}"
         self.attrs: dict[str, Any] = {"started": stamp, "finished": None,
-                                      "intervals": [[s, f"{a}->{b}"] for s, a, b in intervals], "failures": []}
+                                      "intervals": [[s, f"{a}->{b}"] for s, a, b in intervals],
+                                      "found_done": [[s, f"{a}->{b}"] for s, a, b in found_done], "failures": []}
         self._write()
 
     def failed(self, subject: str, interval: str, status: str, message: str, stored_result: str | None = None) -> None:
@@ -80,11 +84,11 @@ def read_run_reports(store: str | Path) -> list[dict[str, Any]]:
 def run_failures(store: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
     """(subject, interval) -> the failure recorded by the latest run that took that interval
     on, for intervals whose latest run failed them; an interval that a later run took on again
-    (and may still be processing) is not listed."""
+    (and may still be processing), or found done, is not listed."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for report in reversed(read_run_reports(store)):
         failures = {(f["subject"], f["interval"]): f for f in report.get("failures", [])}
-        for subject, interval in report.get("intervals", []):
+        for subject, interval in report.get("intervals", []) + report.get("found_done", []):
             key = (subject, interval)
             if key not in latest:
                 latest[key] = failures.get(key, {})

@@ -156,3 +156,38 @@ def test_msnl_run_records_task_failures_for_the_dashboard(tmp_path, monkeypatch)
     [report] = read_run_reports(store)
     assert report["finished"] is not None and report["done"] == 0
     assert {f["subject"]: f["stored_result"] for f in report["failures"]} == {"a": "earlier result", "b": None}
+
+
+def test_going_back_to_the_weights_of_a_stored_result_clears_a_newer_failure(tmp_path):
+    """A run with new weights failed an interval that had a result; the next run, back on the
+    weights that made that result, finds it done, and the result shows again."""
+    from msnl.config import StepOneConfig
+    from msnl.inference import weights_digest
+    from msnl.scan import Scan
+    from msnl.step_one import software_versions
+    from pipelines.ingest import run_ingest
+    from pipelines.run import run_cohort
+    from storage.bids import BidsVisit, write_bids
+    from storage.pairs import result_key
+    from storage.results import prediction_result_key
+    from storage.scans import stored_scan_attrs
+
+    rng = np.random.default_rng(1)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    write_bids(tmp_path / "bids", [BidsVisit("a", v, Scan(rng.uniform(100, 200, (24, 24, 16)).astype(np.float32), affine),
+                                             f"202{i}-01-01", "placebo", "site-1") for i, v in enumerate(("01", "02"))])
+    store = tmp_path / "store.zarr"
+    run_ingest(tmp_path / "bids", store, progress=False)
+    step_one = result_key(*(stored_scan_attrs(store, "a", v)["sha256"] for v in ("01", "02")), StepOneConfig(), software_versions())
+    zarr.open_group(store / pair_key("a", "01", "02"), mode="w", zarr_format=3).attrs.update({"status": "ok", "result_key": step_one})
+    shipped = prediction_result_key(step_one, weights_digest())
+    write_prediction(store, "a", "01", "02", shipped, None, None, {"status": "ok", "weights_digest": weights_digest(),
+                                                                  "new_lesion_count": 2, "new_lesion_volume_mm3": 30.0})
+    RunReport(store, [("a", "01", "02")]).failed("a", "01->02", "cnn_failed", "CUDA out of memory", stored_result=shipped)
+    assert open_results(store).status.sel(subject="a", interval="01->02").item() == "cnn_failed"
+
+    summary = run_cohort(tmp_path / "bids", store, progress=False)
+    assert (summary.done, summary.skipped, summary.failed) == (0, 1, [])
+    results = open_results(store)
+    assert results.status.sel(subject="a", interval="01->02").item() == "ok"
+    assert results.new_lesion_count.sel(subject="a", interval="01->02").item() == 2
