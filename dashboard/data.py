@@ -15,7 +15,7 @@ import streamlit as st
 import xarray as xr
 
 from msnl.errors import MsnlError
-from storage import open_interval, open_lesions, open_results, results_stamp
+from storage import open_interval, open_lesions, open_results, results_stamp, run_history
 
 REFRESH_SECONDS = 10
 
@@ -46,6 +46,11 @@ def store_state(store: str) -> StoreState:
 @st.cache_data(show_spinner="Reading results…", max_entries=8)
 def load_results(store: str, stamp: tuple) -> xr.Dataset:
     return open_results(store).load()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_runs(store: str, stamp: tuple) -> pd.DataFrame:
+    return run_history(store)
 
 
 @st.cache_data(show_spinner="Reading lesions…", max_entries=64)

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 import xarray as xr
 
-from dashboard.data import interval_geometry, load_lesions, load_results, load_slice, store_state
+from dashboard.data import interval_geometry, load_lesions, load_results, load_runs, load_slice, store_state
 from dashboard.plots import endpoint_figure, slice_figure, timeline_figure
 from msnl.endpoints import cumulative, filter_results, per_arm_interval, per_patient, rate_ratios
 from msnl.errors import MsnlError
@@ -91,6 +91,7 @@ def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:
     if len(failed):
         st.subheader("Failed intervals")
         st.dataframe(failed[["subject", "interval", "status", "message"]], hide_index=True, width="stretch")
+    runs_shown(load_runs(store, stamp))
     st.subheader("Registration quality")
     low = rows[(rows.status == "ok") & (rows.registration_quality < REVIEW_REGISTRATION_CORRELATION)]
     st.caption(f"Correlation of the registered visits inside the brain. Intervals under "
@@ -112,6 +113,26 @@ def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:
     left.dataframe(pd.crosstab(subjects.arm, subjects.site, margins=True, margins_name="all"))
     right.caption("Intervals by status")
     right.dataframe(pd.crosstab([rows.arm, rows.site], rows.status))
+
+
+RUNS_SHOWN = 10
+
+
+def runs_shown(runs: pd.DataFrame) -> None:
+    """The latest runs of `msnl run` that had work to do, newest first."""
+    if runs.empty:
+        return
+    st.subheader("Runs")
+    st.caption(f"The latest {min(len(runs), RUNS_SHOWN)} of {len(runs)} `msnl run` calls that had work to do "
+               "(UTC). A run with no finish is still running, or was stopped; running it again completes it.")
+    shown = runs.head(RUNS_SHOWN)
+    table = pd.DataFrame({
+        "started": shown.started.dt.strftime("%Y-%m-%d %H:%M:%S"),
+        "finished": shown.finished.dt.strftime("%Y-%m-%d %H:%M:%S").fillna("not finished"),
+        "minutes": ((shown.finished - shown.started).dt.total_seconds() / 60).round(1),
+        "intervals": shown.intervals, "done": shown.done, "failed": shown.failed,
+    })
+    st.dataframe(table, hide_index=True)
 
 
 def quality_shown(rows: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:

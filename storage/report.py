@@ -6,15 +6,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
 import zarr
 
 from storage.layout import REPORTS, group_attrs, new_staging_dir, open_root, publish, store_path
 
 RUN_PREFIX = "run-"
+STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 
 
 def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return datetime.now(timezone.utc).strftime(STAMP_FORMAT)
 
 
 def write_ingest_report(store: str | Path, source: str | Path, entries: list[dict[str, Any]]) -> str:
@@ -93,3 +95,22 @@ def run_failures(store: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
             if key not in latest:
                 latest[key] = failures.get(key, {})
     return {key: failure for key, failure in latest.items() if failure}
+
+
+def run_history(store: str | Path) -> pd.DataFrame:
+    """One row per `msnl run` that had work to do, newest first: when it started and finished
+    (UTC; NaT when no finish is recorded: still running, or stopped), the intervals it took
+    on, how many it completed, and how many failed in a task."""
+    rows = []
+    for report in reversed(read_run_reports(store)):
+        rows.append({
+            "started": _when(report.get("started")), "finished": _when(report.get("finished")),
+            "intervals": len(report.get("intervals", [])), "done": report.get("done"),
+            "failed": len(report.get("failures", [])),
+        })
+    frame = pd.DataFrame(rows, columns=["started", "finished", "intervals", "done", "failed"])
+    return frame.astype({"started": "datetime64[ns, UTC]", "finished": "datetime64[ns, UTC]", "done": "Int64"})
+
+
+def _when(stamp: str | None) -> pd.Timestamp:
+    return pd.Timestamp(datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=timezone.utc)) if stamp else pd.NaT

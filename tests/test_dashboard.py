@@ -14,6 +14,7 @@ from dashboard.views import quality_shown
 from storage import open_results
 from storage.layout import open_root
 from storage.pairs import pair_key
+from storage.report import RunReport
 from storage.results import prediction_result_key, write_prediction
 from storage.synthetic import SHAPE, write_synthetic_store
 
@@ -194,6 +195,20 @@ def test_a_new_result_shows_on_the_next_refresh(tmp_path, monkeypatch):
                      {"status": "ok", "weights_digest": "w", "new_lesion_count": 0, "new_lesion_volume_mm3": 0.0})
     at.run()
     assert int(at.metric[2].value) == before + 1
+
+
+def test_the_overview_lists_the_runs_and_one_that_did_not_finish(tmp_path, monkeypatch):
+    store = write_synthetic_store(tmp_path / "runs.zarr", 4, seed=5, pending_share=0.5)
+    assert "Runs" not in shown_text(run_app(store, "overview", monkeypatch))  # no run yet
+    done = RunReport(store, [("001", "01", "02"), ("002", "01", "02")])
+    done.failed("001", "01->02", "failed", "boom")
+    done.finish(done=1)
+    RunReport(store, [("003", "01", "02")])
+    at = run_app(store, "overview", monkeypatch)
+    assert_clean(at)
+    assert "Runs" in shown_text(at)
+    runs = next(frame.value for frame in at.dataframe if "finished" in frame.value.columns)
+    assert list(runs.finished.iloc[:1]) == ["not finished"] and list(runs.failed) == [0, 1] and list(runs.intervals) == [1, 2]
 
 
 def test_the_app_only_reads(stores, monkeypatch):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from storage import open_results
+from storage.report import RunReport
 from storage.synthetic import write_synthetic_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,6 +38,11 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     store = write_synthetic_store(tmp_path_factory.mktemp("browser") / "store.zarr", 16, seed=5, pending_share=0.1, failed_share=0.1,
                                   reoriented_share=0.2)
+    status = open_results(store).status.to_dataframe().reset_index()
+    done, pending = ([(r.subject, *r.interval.split("->")) for r in status[status.status == state].itertuples()]
+                     for state in ("ok", "pending"))
+    RunReport(store, done).finish(done=len(done))
+    RunReport(store, pending)  # a run still going: the overview lists it as not finished
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dashboard", str(store), "--port", str(port)],

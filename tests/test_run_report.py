@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
@@ -14,7 +15,7 @@ from storage import open_results, results_stamp
 from storage.layout import open_root
 from storage.pairs import pair_key
 from storage.results import open_interval, open_lesions, read_prediction_attrs, write_prediction
-from storage.report import RunReport, read_run_reports, run_failures
+from storage.report import RunReport, read_run_reports, run_failures, run_history
 from storage.synthetic import write_synthetic_store
 
 
@@ -104,6 +105,19 @@ def test_a_result_made_from_a_replaced_step_one_result_no_longer_counts(store):
     assert results.new_lesion_count.sel(subject=subject, interval=interval).item() == -1
     assert open_lesions(store, subject, interval).empty
     assert not open_lesions(store).query("subject == @subject and interval == @interval").size
+
+
+def test_the_run_history_lists_runs_newest_first_with_their_counts(store):
+    assert run_history(store).empty
+    (s1, a1, b1), (s2, a2, b2), *_ = _pending(store)
+    first = RunReport(store, [(s1, a1, b1), (s2, a2, b2)])
+    first.failed(s1, f"{a1}->{b1}", "failed", "boom")
+    first.finish(done=1)
+    RunReport(store, [(s1, a1, b1)])  # still running, or stopped
+    history = run_history(store)
+    assert list(history.intervals) == [1, 2] and list(history.failed) == [0, 1]
+    assert pd.isna(history.finished[0]) and pd.isna(history.done[0]) and history.done[1] == 1
+    assert history.started[0] > history.started[1] and history.finished[1] >= history.started[1]
 
 
 def test_each_failure_is_on_disk_at_once_and_moves_the_results_stamp(store):
