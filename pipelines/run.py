@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
@@ -172,10 +173,17 @@ def _start_cluster(todo: int, workers: int | None) -> LocalCluster:
                         dashboard_address=None, memory_limit="6GiB", silence_logs=logging.ERROR)
 
 
-def _record_failure(report: RunReport, store: str, subject: str, a: str, b: str, status: str, message: str) -> None:
-    """Put a task failure on record, naming the prediction it supersedes (if one is stored)."""
+def _record_failure(report: RunReport, store: str, subject: str, a: str, b: str, status: str, message: str,
+                    future=None) -> None:
+    """Put a task failure on record, naming the prediction it supersedes (if one is stored),
+    with the traceback of the task's error when `future` raised one (and a child process's, which
+    `run_isolated` adds as a note)."""
     stored = read_prediction_attrs(store, subject, a, b) or {}
-    report.failed(subject, f"{a}->{b}", status, message, stored_result=stored.get("result_key"))
+    trace = ""
+    if future is not None and future.status == "error":
+        exc = future.exception()
+        trace = "".join(traceback.format_exception(type(exc), exc, future.traceback()))
+    report.failed(subject, f"{a}->{b}", status, message, stored_result=stored.get("result_key"), traceback=trace)
 
 
 def _error(future) -> str:
@@ -262,7 +270,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                     failed.append((subject, f"{a}->{b}", status, message))
                     bars[2].update(1)
                     if future.status == "error":  # a stored step-one failure is on record already
-                        _record_failure(report, store, subject, a, b, status, message)
+                        _record_failure(report, store, subject, a, b, status, message, future)
                     tqdm.write(f"run: sub-{subject} {a}->{b} failed: " + (message if status == "failed" else f"{status}: {message}"))
                 if cnn_batch_ready(len(pending), cnn_batch, len(futures) - finished, workers_now):
                     cnn = client.submit(cnn_task, store, pending, weights, cfg, resources=resources, pure=False,
@@ -274,7 +282,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
                 message = _error(future)
                 for subject, a, b in batch_of[future]:
                     failed.append((subject, f"{a}->{b}", "cnn_failed", message))
-                    _record_failure(report, store, subject, a, b, "cnn_failed", message)
+                    _record_failure(report, store, subject, a, b, "cnn_failed", message, future)
                     tqdm.write(f"run: sub-{subject} {a}->{b} failed in the CNN: {message}")
                 bars[2].update(len(batch_of[future]))
             else:

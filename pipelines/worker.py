@@ -14,6 +14,9 @@ run`'s own workers:
   terminal reaches every process of its group: `msnl run` closes its cluster and says how to
   resume, and a worker of its own would only add a traceback of distributed's. External
   workers keep their Ctrl-C.
+- In those local workers too, drops distributed's "Compute Failed" log block, which they
+  would print on the user's terminal above `msnl run`'s own one-line failure; the run keeps
+  the traceback in its report in the store instead. External workers keep it in their logs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ PACKAGES_ROOT = str(Path(__file__).resolve().parent.parent)
 LOCAL_WORKER_ENV = "MSNL_LOCAL_WORKER"
 
 
+def drop_compute_failed(record: logging.LogRecord) -> bool:
+    """A logging filter: False for distributed's "Compute Failed" block, True for the rest."""
+    return not str(record.msg).startswith("Compute Failed")
+
+
 def dask_setup(worker) -> None:
     if PACKAGES_ROOT not in sys.path:
         sys.path.insert(0, PACKAGES_ROOT)
@@ -46,4 +54,5 @@ def dask_setup(worker) -> None:
     torch.set_num_threads(threads)
     if os.environ.get(LOCAL_WORKER_ENV) == "1":
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # its child processes inherit this
+        logging.getLogger("distributed.worker").addFilter(drop_compute_failed)
     log.info("msnl worker %s: %d thread(s) for ITK and torch", worker.name, threads)

@@ -55,11 +55,13 @@ class RunReport:
                                       "found_done": [[s, f"{a}->{b}"] for s, a, b in found_done], "failures": []}
         self._write()
 
-    def failed(self, subject: str, interval: str, status: str, message: str, stored_result: str | None = None) -> None:
+    def failed(self, subject: str, interval: str, status: str, message: str, stored_result: str | None = None,
+               traceback: str = "") -> None:
         """Record a failure; `stored_result` is the result key of the prediction the interval
-        had in the store when it failed, which this failure supersedes."""
+        had in the store when it failed, which this failure supersedes; `traceback`, where the
+        task's error was raised."""
         self.attrs["failures"].append({"subject": subject, "interval": interval, "status": status, "message": message,
-                                       "stored_result": stored_result})
+                                       "stored_result": stored_result, "traceback": traceback})
         self._write()
 
     def finish(self, done: int) -> None:

@@ -178,3 +178,25 @@ def test_ctrl_c_stops_msnl_run_cleanly_and_leaves_no_child_process(tmp_path):
         for child in children:
             if child.is_running():
                 child.kill()
+
+
+def _fails(_: int) -> None:
+    raise ValueError("a bad scan")
+
+
+@pytest.mark.parametrize(("local", "printed"), [("1", False), ("", True)])
+def test_msnl_runs_own_workers_leave_compute_failed_off_the_terminal(local, printed, capfd):
+    """`msnl run` prints each failure in one line and keeps the traceback in its report: its own
+    workers drop distributed's "Compute Failed" block; external workers keep it in their logs."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from pipelines.worker import LOCAL_WORKER_ENV
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, env={LOCAL_WORKER_ENV: local},
+                      preload=["pipelines.worker"], dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        future = client.submit(_fails, 1)
+        assert "a bad scan" in str(future.exception())
+    assert ("Compute Failed" in capfd.readouterr().err) is printed

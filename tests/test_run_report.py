@@ -51,7 +51,8 @@ def test_a_later_run_that_takes_the_interval_on_again_clears_the_failure(store):
     first.finish(done=0)
     RunReport(store, [(s1, a1, b1)])  # still running: it has not reached this interval yet
     assert run_failures(store) == {(s2, f"{a2}->{b2}"): {"subject": s2, "interval": f"{a2}->{b2}", "status": "cnn_failed",
-                                                          "message": "the CNN failed", "stored_result": None}}
+                                                          "message": "the CNN failed", "stored_result": None,
+                                                          "traceback": ""}}
     results = open_results(store)
     assert results.status.sel(subject=s1, interval=f"{a1}->{b1}").item() == "pending"
     assert results.status.sel(subject=s2, interval=f"{a2}->{b2}").item() == "cnn_failed"
@@ -170,6 +171,8 @@ def test_msnl_run_records_task_failures_for_the_dashboard(tmp_path, monkeypatch)
     [report] = read_run_reports(store)
     assert report["finished"] is not None and report["done"] == 0
     assert {f["subject"]: f["stored_result"] for f in report["failures"]} == {"a": "earlier result", "b": None}
+    trace = next(f["traceback"] for f in report["failures"] if f["subject"] == "b")
+    assert "in fake_isolated" in trace and "IsolatedTaskError: step one of sub-b" in trace
 
 
 def test_going_back_to_the_weights_of_a_stored_result_clears_a_newer_failure(tmp_path):
