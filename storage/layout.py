@@ -78,6 +78,14 @@ def group_attrs(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def write_group_json(path: Path, attrs: dict[str, Any]) -> None:
+    """Make a Zarr v3 group at `path` holding `attrs`, its zarr.json written directly: with a
+    large set of attributes (a run report listing thousands of intervals) zarr's own writer
+    takes ten times as long, and a run report is rewritten at each failure."""
+    path.mkdir(parents=True)
+    (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}))
+
+
 def scan_key(subject: str, visit: str) -> str:
     return f"{SCANS}/{subject}/{visit}"
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 import zarr
 
-from storage.layout import REPORTS, group_attrs, new_staging_dir, open_root, publish, store_path
+from storage.layout import REPORTS, group_attrs, new_staging_dir, open_root, publish, store_path, write_group_json
 
 RUN_PREFIX = "run-"
 STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
@@ -70,7 +70,7 @@ class RunReport:
 
     def _write(self) -> None:
         staged = new_staging_dir(self.store)
-        zarr.open_group(staged, mode="w", zarr_format=3).attrs.update(self.attrs)
+        write_group_json(staged, self.attrs)
         publish(self.store, staged, self.key)
 
 

@@ -13,10 +13,9 @@ readers neither show its counts nor list its lesions.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
-
-import hashlib
 
 import numpy as np
 import pandas as pd

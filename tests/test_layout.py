@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from msnl.errors import StoreError
-from storage.layout import clear_staging, new_staging_dir, open_root, publish
+from storage.layout import clear_staging, group_attrs, new_staging_dir, open_root, publish, write_group_json
 
 
 def _stage(store, value: int):
@@ -64,3 +64,15 @@ def test_only_stale_staging_is_cleared(tmp_path):
     assert fresh.exists()  # may belong to a task still running
     clear_staging(store, older_than_s=-1)
     assert not fresh.exists()
+
+
+def test_a_group_written_directly_is_a_zarr_group_with_its_attributes(tmp_path):
+    store = tmp_path / "store.zarr"
+    open_root(store, create=True)
+    attrs = {"started": "20261207T000000Z", "intervals": [["001", "01->02"]], "failures": [], "finished": None}
+    staged = new_staging_dir(store)
+    write_group_json(staged, attrs)
+    publish(store, staged, "reports/run-1")
+    assert dict(zarr.open_group(store / "reports/run-1", mode="r", zarr_format=3).attrs) == attrs
+    assert "run-1" in list(zarr.open_group(store / "reports", mode="r", zarr_format=3).group_keys())
+    assert group_attrs(store / "reports/run-1") == attrs
