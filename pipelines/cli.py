@@ -171,6 +171,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.status import status_report
+
+    print(status_report(args.store))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import evaluate, format_report, to_json
 
@@ -315,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="the Zarr store")
     p.add_argument("out", help="the folder to write")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "status",
+        help="say where a store stands: intervals processed, pending and failed, and the latest runs",
+        description="Print, for a terminal without a browser: subjects and intervals processed, pending and "
+        "failed, each failure with its message, the intervals flagged for review, and the latest `msnl run` "
+        "calls (finished, or still running or stopped). It only reads the store.",
+    )
+    p.add_argument("store", help="the Zarr store written by `msnl run`")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
         "demo",

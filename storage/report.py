@@ -103,16 +103,11 @@ def run_history(store: str | Path) -> pd.DataFrame:
     """One row per `msnl run` that had work to do, newest first: when it started and finished
     (UTC; NaT when no finish is recorded: still running, or stopped), the intervals it took
     on, how many it completed, and how many failed in a task."""
-    rows = []
-    for report in reversed(read_run_reports(store)):
-        rows.append({
-            "started": _when(report.get("started")), "finished": _when(report.get("finished")),
-            "intervals": len(report.get("intervals", [])), "done": report.get("done"),
-            "failed": len(report.get("failures", [])),
-        })
-    frame = pd.DataFrame(rows, columns=["started", "finished", "intervals", "done", "failed"])
-    return frame.astype({"started": "datetime64[ns, UTC]", "finished": "datetime64[ns, UTC]", "done": "Int64"})
-
-
-def _when(stamp: str | None) -> pd.Timestamp:
-    return pd.Timestamp(datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=timezone.utc)) if stamp else pd.NaT
+    reports = list(reversed(read_run_reports(store)))
+    when = {field: pd.to_datetime([r.get(field) for r in reports], format=STAMP_FORMAT, utc=True)
+            for field in ("started", "finished")}
+    return pd.DataFrame({
+        **when, "intervals": [len(r.get("intervals", [])) for r in reports],
+        "done": pd.array([r.get("done") for r in reports], dtype="Int64"),
+        "failed": [len(r.get("failures", [])) for r in reports],
+    })

@@ -157,3 +157,30 @@ def test_train_excluded_subjects_never_reach_step_one(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "train_and_save", lambda *args, **kwargs: [[1.0]])
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--exclude", "patient01"]) == 0
     assert seen["exclude"] == {"patient01"}
+
+
+def test_status_says_where_a_store_stands_and_lists_every_failure(tmp_path, capsys):
+    from storage import open_results
+    from storage.report import RunReport
+    from storage.synthetic import write_synthetic_store
+
+    store = write_synthetic_store(tmp_path / "store.zarr", 10, seed=1, pending_share=0.3, failed_share=0.15)
+    rows = open_results(store).status.to_dataframe().reset_index().dropna()
+    pending = rows[rows.status == "pending"]
+    crashed = (pending.subject.iloc[0], pending.interval.iloc[0])
+    RunReport(store, [(crashed[0], *crashed[1].split("->"))]).failed(*crashed, "failed", "its child process was killed")
+    assert main(["status", str(store)]) == 0
+    out = capsys.readouterr().out
+    failed = rows[~rows.status.isin(["ok", "pending"])]
+    assert (f"{rows.subject.nunique()} subjects, {len(rows)} intervals: {(rows.status == 'ok').sum()} processed, "
+            f"{len(pending) - 1} pending, {len(failed) + 1} failed") in out
+    for subject, interval in [*zip(failed.subject, failed.interval), crashed]:
+        assert f"sub-{subject} {interval}: " in out
+    assert "its child process was killed" in out
+    assert "not finished (still running, or stopped): 1 interval(s), 1 failed" in out
+
+
+def test_status_of_a_missing_store_is_one_clear_line(tmp_path, capsys):
+    assert main(["status", str(tmp_path / "nowhere.zarr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nowhere.zarr: no such store" in err

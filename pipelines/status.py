@@ -1,0 +1,59 @@
+"""`msnl status STORE`: where a store stands, as text, for a terminal without a browser (a
+cluster's login node): intervals processed, pending and failed, the failures with their
+messages, intervals flagged for review, and the latest runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from msnl.errors import StoreError
+from msnl.qc import REVIEW_REGISTRATION_CORRELATION, coarser_visit_one
+from storage import open_results, run_history
+
+RUNS_SHOWN = 3
+
+
+def _run_line(run) -> str:
+    when = f"{run.started:%Y-%m-%d %H:%M:%S} UTC"
+    if pd.isna(run.finished):
+        return f"  run started {when}, not finished (still running, or stopped): {run.intervals} interval(s), {run.failed} failed"
+    minutes = (run.finished - run.started).total_seconds() / 60
+    return f"  run started {when}, took {minutes:.1f} min: {run.intervals} interval(s), {run.done} done, {run.failed} failed"
+
+
+def status_report(store: str | Path, failures_shown: int = 20) -> str:
+    """The text `msnl status` prints; `failures_shown` caps the failures listed."""
+    path = Path(store)
+    if not path.exists():
+        raise StoreError(f"{path}: no such store. Check the path, or create it with `msnl run SOURCE {path}`.")
+    results = open_results(path)
+    lines = [f"status: {path}"]
+    if not results.sizes.get("interval"):
+        return "\n".join(lines + [f"  {results.sizes.get('subject', 0)} subjects, no intervals yet (subjects need two visits)"])
+    rows = results.reset_coords()[["status", "message", "new_lesion_count", "registration_quality"]].to_dataframe().reset_index()
+    rows = rows[rows.status.notna() & (rows.status != "")]
+    failed = rows[~rows.status.isin(("ok", "pending"))]
+    done = rows[rows.status == "ok"]
+    lines.append(f"  {rows.subject.nunique()} subjects, {len(rows)} intervals: {len(done)} processed, "
+                 f"{int((rows.status == 'pending').sum())} pending, {len(failed)} failed")
+    if len(done):
+        lines.append(f"  new lesions in the processed intervals: {int(done.new_lesion_count.sum())} "
+                     f"({int((done.new_lesion_count > 0).sum())} of {len(done)} intervals have any)")
+    if len(failed):
+        lines.append("  failed:")
+        lines += [f"    sub-{r.subject} {r.interval}: {r.status}: {r.message}" for r in failed.head(failures_shown).itertuples()]
+        if len(failed) > failures_shown:
+            lines.append(f"    … and {len(failed) - failures_shown} more: storage.open_results('{path}')")
+    low = done[done.registration_quality < REVIEW_REGISTRATION_CORRELATION]
+    coarse = coarser_visit_one(results)
+    if len(low) or len(coarse):
+        lines.append(f"  to review: {len(low)} processed interval(s) registered under {REVIEW_REGISTRATION_CORRELATION} "
+                     f"correlation, {len(coarse)} whose visit 1 is sampled much coarser than visit 2 "
+                     "(the CNN finds false new lesions there; the dashboard lists them)")
+    runs = run_history(path)
+    lines += [_run_line(run) for run in runs.head(RUNS_SHOWN).itertuples()]
+    if len(runs) > RUNS_SHOWN:
+        lines.append(f"  … and {len(runs) - RUNS_SHOWN} earlier run(s): storage.run_history('{path}')")
+    return "\n".join(lines)
