@@ -141,6 +141,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _print_failures(summary.failed)
     print(f"run: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
           f"{len(summary.failed)} failed. Results: storage.open_results({str(args.store)!r})")
+    if summary.failed and summary.report:
+        print(f"run: this run's report, with the tracebacks of its task failures: {Path(args.store) / summary.report}/zarr.json")
     if summary.intervals:
         results = open_results(args.store)
         if not args.quiet:
