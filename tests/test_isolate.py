@@ -142,6 +142,18 @@ def test_a_worker_keeps_its_heartbeats_through_ants_calls_longer_than_the_worker
     assert after == before, f"the scheduler replaced its worker: {removed}"
 
 
+def _isolated_children(pid: int) -> list[psutil.Process]:
+    """The `run_isolated` child processes under `pid`."""
+    found = []
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            if "pipelines.isolate" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:  # it ended meanwhile, or is a zombie not yet reaped
+            pass
+    return found
+
+
 def test_ctrl_c_stops_msnl_run_cleanly_and_leaves_no_child_process(tmp_path):
     """Ctrl-C on a terminal sends SIGINT to every process of the group: `msnl run` says how to
     resume and exits 130, its workers print no traceback of their own, and the N4 children
@@ -160,7 +172,7 @@ def test_ctrl_c_stops_msnl_run_cleanly_and_leaves_no_child_process(tmp_path):
     children: list[psutil.Process] = []
     try:
         for _ in range(1200):
-            children = [p for p in psutil.Process(run.pid).children(recursive=True) if "pipelines.isolate" in " ".join(p.cmdline())]
+            children = _isolated_children(run.pid)
             if children or run.poll() is not None:
                 break
             time.sleep(0.1)
