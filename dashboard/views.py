@@ -129,7 +129,7 @@ def runs_shown(runs: pd.DataFrame) -> None:
     table = pd.DataFrame({
         "started": shown.started.dt.strftime("%Y-%m-%d %H:%M:%S"),
         "finished": shown.finished.dt.strftime("%Y-%m-%d %H:%M:%S").fillna("not finished"),
-        "minutes": ((shown.finished - shown.started).dt.total_seconds() / 60).round(1),
+        "minutes": shown.minutes.round(1),
         "intervals": shown.intervals, "done": shown.done, "failed": shown.failed,
     })
     st.dataframe(table, hide_index=True)

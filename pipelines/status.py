@@ -19,8 +19,7 @@ def _run_line(run) -> str:
     when = f"{run.started:%Y-%m-%d %H:%M:%S} UTC"
     if pd.isna(run.finished):
         return f"  run started {when}, not finished (still running, or stopped): {run.intervals} interval(s), {run.failed} failed"
-    minutes = (run.finished - run.started).total_seconds() / 60
-    return f"  run started {when}, took {minutes:.1f} min: {run.intervals} interval(s), {run.done} done, {run.failed} failed"
+    return f"  run started {when}, took {run.minutes:.1f} min: {run.intervals} interval(s), {run.done} done, {run.failed} failed"
 
 
 def status_report(store: str | Path, failures_shown: int = 20) -> str:

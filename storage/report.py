@@ -101,13 +101,14 @@ def run_failures(store: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 def run_history(store: str | Path) -> pd.DataFrame:
     """One row per `msnl run` that had work to do, newest first: when it started and finished
-    (UTC; NaT when no finish is recorded: still running, or stopped), the intervals it took
-    on, how many it completed, and how many failed in a task."""
+    (UTC; NaT when no finish is recorded: still running, or stopped), the minutes between, the
+    intervals it took on, how many it completed, and how many failed in a task."""
     reports = list(reversed(read_run_reports(store)))
-    when = {field: pd.to_datetime([r.get(field) for r in reports], format=STAMP_FORMAT, utc=True)
-            for field in ("started", "finished")}
+    started, finished = (pd.to_datetime([r.get(field) for r in reports], format=STAMP_FORMAT, utc=True)
+                         for field in ("started", "finished"))
     return pd.DataFrame({
-        **when, "intervals": [len(r.get("intervals", [])) for r in reports],
+        "started": started, "finished": finished, "minutes": (finished - started).total_seconds() / 60,
+        "intervals": [len(r.get("intervals", [])) for r in reports],
         "done": pd.array([r.get("done") for r in reports], dtype="Int64"),
         "failed": [len(r.get("failures", [])) for r in reports],
     })

@@ -28,7 +28,7 @@ _EXACT_INT = 2**53
 def _check_columns(table: pd.DataFrame) -> None:
     for name in table.columns:
         column = table[name]
-        if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
+        if not pd.api.types.is_numeric_dtype(column):  # booleans count as numeric
             raise StoreError(f"table column {name!r} holds {column.dtype}; a stored table holds numbers and booleans only")
         if pd.api.types.is_integer_dtype(column) and len(column) and int(np.abs(column.to_numpy()).max()) > _EXACT_INT:
             raise StoreError(f"table column {name!r} holds integers beyond 2**53, which a float64 table would round")
@@ -38,7 +38,7 @@ def write_table(group: zarr.Group, name: str, table: pd.DataFrame, attrs: dict[s
     """Store `table` (numeric and boolean columns) as the array `name` of `group`."""
     _check_columns(table)
     columns = [str(c) for c in table.columns]
-    data = table.to_numpy(dtype=np.float64) if len(table) else np.zeros((0, len(columns)), np.float64)
+    data = table.to_numpy(dtype=np.float64)
     array = group.create_array(name, shape=data.shape, dtype=np.float64, chunks=(max(len(data), 1), max(len(columns), 1)),
                                compressors=[COMPRESSOR], fill_value=0.0)
     if data.size:

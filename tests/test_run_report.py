@@ -119,6 +119,7 @@ def test_the_run_history_lists_runs_newest_first_with_their_counts(store):
     assert list(history.intervals) == [1, 2] and list(history.failed) == [0, 1]
     assert pd.isna(history.finished[0]) and pd.isna(history.done[0]) and history.done[1] == 1
     assert history.started[0] > history.started[1] and history.finished[1] >= history.started[1]
+    assert pd.isna(history.minutes[0]) and history.minutes[1] >= 0
 
 
 def test_each_failure_is_on_disk_at_once_and_moves_the_results_stamp(store):
