@@ -5,8 +5,9 @@
       cohort/                   the cohort table (subjects x visits), written by xarray
       reports/ingest-<time>/    one group per ingest run; its attributes hold the report
       reports/run-<time>/       one group per `msnl run`: the intervals it took on (or found
-                                done after an earlier run failed them), and those that failed
-                                in a task (no result in the store says so)
+                                done after an earlier run failed them) in its attributes, and
+                                in failures.jsonl, one JSON line per interval that failed in a
+                                task (no result in the store says so)
       .staging/                 work in progress; never read; a run clears leftovers over an hour old
 
 A scan is written under `.staging/` and renamed into place, so a reader (or a re-run after a
@@ -81,9 +82,19 @@ def group_attrs(path: Path) -> dict[str, Any] | None:
 def write_group_json(path: Path, attrs: dict[str, Any]) -> None:
     """Make a Zarr v3 group at `path` holding `attrs`, its zarr.json written directly: with a
     large set of attributes (a run report listing thousands of intervals) zarr's own writer
-    takes ten times as long, and a run report is rewritten at each failure."""
+    takes ten times as long."""
     path.mkdir(parents=True)
     (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}))
+
+
+def replace_group_attrs(store: str | Path, key: str, attrs: dict[str, Any]) -> None:
+    """Replace the attributes of the group at `key` in one rename of its zarr.json, leaving the
+    rest of the group (a run report's failure log) in place: a reader sees the old attributes
+    or the new ones."""
+    staged = new_staging_dir(store)
+    write_group_json(staged, attrs)
+    os.replace(staged / "zarr.json", store_path(store) / key / "zarr.json")
+    staged.rmdir()
 
 
 def scan_key(subject: str, visit: str) -> str:

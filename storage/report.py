@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -9,10 +11,12 @@ from typing import Any, Sequence
 import pandas as pd
 import zarr
 
-from storage.layout import REPORTS, group_attrs, new_staging_dir, open_root, publish, store_path, write_group_json
+from storage.layout import (REPORTS, group_attrs, new_staging_dir, open_root, publish, replace_group_attrs, store_path,
+                            write_group_json)
 
 RUN_PREFIX = "run-"
 STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
+FAILURE_LOG = "failures.jsonl"
 
 
 def _stamp() -> str:
@@ -40,8 +44,12 @@ class RunReport:
     """The record of one `msnl run`, under `reports/run-<UTC time>`: the intervals it set out to
     process, and those that failed in a task (an unexpected error, a child process that died or
     was stopped, the CNN). Such failures leave no result in the store, so without this record
-    they would read as "pending". The report is rewritten atomically at each failure, so a run
-    that crashes keeps every failure recorded before it."""
+    they would read as "pending".
+
+    The group's attributes (the intervals, when the run started and finished) are written when
+    the run starts and when it finishes. Each failure is appended as one JSON line to
+    `failures.jsonl` beside them the moment it is recorded, so a run that crashes keeps every
+    failure recorded before it, and recording one costs the same however many came before."""
 
     def __init__(self, store: str | Path, intervals: list[tuple[str, str, str]],
                  found_done: Sequence[tuple[str, str, str]] = ()) -> None:
@@ -52,26 +60,28 @@ class RunReport:
         self.key = f"{REPORTS}/{RUN_PREFIX}{stamp}"
         self.attrs: dict[str, Any] = {"started": stamp, "finished": None,
                                       "intervals": [[s, f"{a}->{b}"] for s, a, b in intervals],
-                                      "found_done": [[s, f"{a}->{b}"] for s, a, b in found_done], "failures": []}
-        self._write()
+                                      "found_done": [[s, f"{a}->{b}"] for s, a, b in found_done]}
+        staged = new_staging_dir(self.store)
+        write_group_json(staged, self.attrs)
+        publish(self.store, staged, self.key)
+        self._log = store_path(store) / self.key / FAILURE_LOG
 
     def failed(self, subject: str, interval: str, status: str, message: str, stored_result: str | None = None,
                traceback: str = "") -> None:
         """Record a failure; `stored_result` is the result key of the prediction the interval
         had in the store when it failed, which this failure supersedes; `traceback`, where the
         task's error was raised."""
-        self.attrs["failures"].append({"subject": subject, "interval": interval, "status": status, "message": message,
-                                       "stored_result": stored_result, "traceback": traceback})
-        self._write()
+        line = json.dumps({"subject": subject, "interval": interval, "status": status, "message": message,
+                           "stored_result": stored_result, "traceback": traceback}) + "\n"
+        fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())  # one append: a crash can cut only this line short
+        finally:
+            os.close(fd)
 
     def finish(self, done: int) -> None:
         self.attrs.update({"finished": _stamp(), "done": done})
-        self._write()
-
-    def _write(self) -> None:
-        staged = new_staging_dir(self.store)
-        write_group_json(staged, self.attrs)
-        publish(self.store, staged, self.key)
+        replace_group_attrs(self.store, self.key, self.attrs)
 
 
 def run_report_files(store: str | Path) -> list[Path]:
@@ -79,10 +89,43 @@ def run_report_files(store: str | Path) -> list[Path]:
     return sorted((store_path(store) / REPORTS).glob(f"{RUN_PREFIX}*/zarr.json"))
 
 
+def run_reports_mtime(store: str | Path) -> float:
+    """When any run report last changed (its attributes or its failure log); 0 with none."""
+    stamps = [0.0]
+    for path in (store_path(store) / REPORTS).glob(f"{RUN_PREFIX}*/*"):
+        try:
+            stamps.append(path.stat().st_mtime)
+        except FileNotFoundError:  # being replaced this instant
+            pass
+    return max(stamps)
+
+
+def _logged_failures(report: Path) -> list[dict[str, Any]]:
+    """A report's failure log; a last line cut short by a crash is left out."""
+    try:
+        lines = (report / FAILURE_LOG).read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    failures = []
+    for line in lines:
+        try:
+            failures.append(json.loads(line))
+        except ValueError:
+            continue
+    return failures
+
+
 def read_run_reports(store: str | Path) -> list[dict[str, Any]]:
-    """Every stored run report's attributes, oldest first; one being replaced this instant is
-    skipped."""
-    return [attrs for meta in run_report_files(store) if (attrs := group_attrs(meta.parent)) is not None]
+    """Every stored run report's attributes, oldest first, with its `failures` (from its log,
+    and from its attributes in reports written before the log); one being replaced this instant
+    is skipped."""
+    reports = []
+    for meta in run_report_files(store):
+        attrs = group_attrs(meta.parent)
+        if attrs is not None:
+            attrs["failures"] = attrs.get("failures", []) + _logged_failures(meta.parent)
+            reports.append(attrs)
+    return reports
 
 
 def run_failures(store: str | Path) -> dict[tuple[str, str], dict[str, Any]]:

@@ -27,7 +27,7 @@ from msnl.qc import acquisition_label, resolution_ratio
 from storage.cohort import COHORT
 from storage.layout import group_attrs, new_staging_dir, publish, store_path
 from storage.pairs import PAIRS, pair_key
-from storage.report import run_failures, run_report_files
+from storage.report import run_failures, run_reports_mtime
 from storage.scans import lazy_array, write_array
 from storage.tables import read_table, write_table
 
@@ -202,8 +202,7 @@ def results_stamp(store: str | Path) -> tuple[int, int, float]:
     for top in (PAIRS, PREDICTIONS):
         metas = list((path / top).glob("*/*/*/zarr.json"))
         stamps.append((len(metas), max((m.stat().st_mtime for m in metas), default=0.0)))
-    others = [path / COHORT / "zarr.json", *run_report_files(path)]
-    latest = max([stamps[0][1], stamps[1][1], *(_mtime(m) for m in others)])
+    latest = max(stamps[0][1], stamps[1][1], _mtime(path / COHORT / "zarr.json"), run_reports_mtime(path))
     return stamps[0][0], stamps[1][0], latest
 
 

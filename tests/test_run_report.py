@@ -12,10 +12,10 @@ import pytest
 import zarr
 
 from storage import open_results, results_stamp
-from storage.layout import open_root
+from storage.layout import new_staging_dir, open_root, publish, write_group_json
 from storage.pairs import pair_key
 from storage.results import open_interval, open_lesions, read_prediction_attrs, write_prediction
-from storage.report import RunReport, read_run_reports, run_failures, run_history
+from storage.report import FAILURE_LOG, RunReport, read_run_reports, run_failures, run_history
 from storage.synthetic import write_synthetic_store
 
 
@@ -130,6 +130,47 @@ def test_each_failure_is_on_disk_at_once_and_moves_the_results_stamp(store):
     [stored] = read_run_reports(store)
     assert stored["failures"][0]["message"] == "boom" and stored["finished"] is None
     assert results_stamp(store) != before
+
+
+def test_a_failure_is_appended_to_the_log_and_leaves_the_reports_attributes_as_they_were(store):
+    (s1, a1, b1), (s2, a2, b2), *_ = _pending(store)
+    report = RunReport(store, [(s1, a1, b1), (s2, a2, b2)])
+    header = store / report.key / "zarr.json"
+    written = header.read_bytes()
+    report.failed(s1, f"{a1}->{b1}", "failed", "boom", traceback="Traceback ...")
+    report.failed(s2, f"{a2}->{b2}", "cnn_failed", "the CNN failed")
+    assert header.read_bytes() == written  # not rewritten: a failure costs the same however many came before
+    report.finish(done=0)
+    [stored] = read_run_reports(store)
+    assert stored["finished"] is not None and stored["done"] == 0
+    assert [(f["subject"], f["status"], f["traceback"]) for f in stored["failures"]] == [
+        (s1, "failed", "Traceback ..."), (s2, "cnn_failed", "")]
+    assert set(run_failures(store)) == {(s1, f"{a1}->{b1}"), (s2, f"{a2}->{b2}")}
+
+
+def test_a_failure_line_cut_short_by_a_crash_is_left_out_and_the_others_stay(store):
+    (s1, a1, b1), (s2, a2, b2), *_ = _pending(store)
+    report = RunReport(store, [(s1, a1, b1), (s2, a2, b2)])
+    report.failed(s1, f"{a1}->{b1}", "failed", "boom")
+    with open(store / report.key / FAILURE_LOG, "a") as log:
+        log.write('{"subject": "%s", "interval": "%s->%s", "sta' % (s2, a2, b2))  # the client died mid-write
+    assert [f["subject"] for f in read_run_reports(store)[0]["failures"]] == [s1]
+    results = open_results(store)
+    assert results.status.sel(subject=s1, interval=f"{a1}->{b1}").item() == "failed"
+    assert results.status.sel(subject=s2, interval=f"{a2}->{b2}").item() == "pending"
+
+
+def test_reports_written_before_the_failure_log_still_read(store):
+    """Until 2026-12-07 a report's failures were in its attributes."""
+    (s1, a1, b1), *_ = _pending(store)
+    staged = new_staging_dir(store)
+    write_group_json(staged, {"started": "20261206T120000000000Z", "finished": "20261206T121000000000Z", "done": 0,
+                              "intervals": [[s1, f"{a1}->{b1}"]], "found_done": [],
+                              "failures": [{"subject": s1, "interval": f"{a1}->{b1}", "status": "cnn_failed",
+                                            "message": "old format", "stored_result": None, "traceback": ""}]})
+    publish(store, staged, "reports/run-20261206T120000000000Z")
+    assert run_failures(store)[(s1, f"{a1}->{b1}")]["message"] == "old format"
+    assert list(run_history(store).failed) == [1]
 
 
 def test_msnl_run_records_task_failures_for_the_dashboard(tmp_path, monkeypatch):
