@@ -37,7 +37,7 @@ from msnl.preprocess import continuous_flairs
 from msnl.scan import LabelMap, Scan
 from msnl.step_one import StageTimer, StepOneResult, correct_visit, run_step_one_corrected, software_versions
 from storage.corrected import read_corrected
-from storage.layout import new_staging_dir, open_root, publish, store_path
+from storage.layout import group_attrs, new_staging_dir, open_root, publish, store_path
 from storage.scans import read_scan, stored_scan_attrs, write_array
 from storage.tables import read_table, write_table
 
@@ -145,10 +145,9 @@ def process_pair(store: str | Path, subject: str, from_visit: str, to_visit: str
 
 
 def read_pair_attrs(store: str | Path, subject: str, from_visit: str, to_visit: str) -> dict[str, Any] | None:
-    path = store_path(store) / pair_key(subject, from_visit, to_visit)
-    if not (path / "zarr.json").exists():
-        return None
-    return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+    """The step-one result's attributes (its status, config, timings); None when the interval
+    has none, or while a re-run replaces it this instant."""
+    return group_attrs(store_path(store) / pair_key(subject, from_visit, to_visit))
 
 
 def read_candidate_table(store: str | Path, subject: str, from_visit: str, to_visit: str) -> pd.DataFrame:

@@ -81,21 +81,39 @@ def read_prediction_mask(store: str | Path, subject: str, from_visit: str, to_vi
     return np.asarray(zarr.open_group(path, mode="r", zarr_format=3)["newlesions"][...]) > 0
 
 
-def _intervals(cohort: xr.Dataset) -> list[tuple[str, str, str]]:
+class _CohortGrid:
+    """The cohort table's per-visit fields as plain arrays, looked up by (subject, visit): a
+    fraction of xarray's label selection, which counts when a store has thousands of subjects."""
+
+    def __init__(self, cohort: xr.Dataset) -> None:
+        self.subjects = [str(s) for s in cohort.subject.values]
+        self.visits = [str(v) for v in cohort.visit.values]
+        self._row = {s: i for i, s in enumerate(self.subjects)}
+        self._col = {v: j for j, v in enumerate(self.visits)}
+        grid = cohort.transpose("subject", "visit", ...)
+        self.present = grid.present.values.astype(bool)
+        self.acquired_on = grid.acquired_on.values
+        self.orientation = grid.orientation.values
+        self.spacing = grid.spacing.values
+
+    def at(self, subject: str, visit: str) -> tuple[int, int]:
+        return self._row[subject], self._col[visit]
+
+
+def _intervals(grid: _CohortGrid) -> list[tuple[str, str, str]]:
     out = []
-    for s in cohort.subject.values:
-        row = cohort.sel(subject=s)
-        present = [str(v) for v in row.visit.values if bool(row.present.sel(visit=v))]
-        dates = {v: row.acquired_on.sel(visit=v).values for v in present}
-        ordered = sorted(present, key=lambda v: (np.isnat(dates[v]), dates[v] if not np.isnat(dates[v]) else 0, v))
-        out += [(str(s), a, b) for a, b in zip(ordered, ordered[1:])]
+    for i, s in enumerate(grid.subjects):
+        dates = grid.acquired_on[i]
+        present = [j for j in range(len(grid.visits)) if grid.present[i, j]]
+        ordered = sorted(present, key=lambda j: (np.isnat(dates[j]), dates[j] if not np.isnat(dates[j]) else 0, grid.visits[j]))
+        out += [(s, grid.visits[j], grid.visits[k]) for j, k in zip(ordered, ordered[1:])]
     return out
 
 
 def intervals(store: str | Path) -> list[tuple[str, str, str]]:
     """Each subject's consecutive visit pairs, ordered by acquisition date (then label)."""
     path = store_path(store)
-    return _intervals(xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load())
+    return _intervals(_CohortGrid(xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load()))
 
 
 def single_visit_subjects(store: str | Path) -> list[str]:
@@ -125,18 +143,17 @@ def open_results(store: str | Path) -> xr.Dataset:
     cohort = xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load()
     rows = []
     task_failures = run_failures(path)
-    for subject, a, b in _intervals(cohort):
+    grid = _CohortGrid(cohort)
+    for subject, a, b in _intervals(grid):
         step_one = group_attrs(path / pair_key(subject, a, b)) or {}
         task = task_failures.get((subject, f"{a}->{b}"), {})
         pred = current_prediction(read_prediction_attrs(path, subject, a, b), step_one, task) or {}
         status = (pred.get("status") or (step_one.get("status") if step_one.get("status") not in (None, "ok") else None)
                   or task.get("status") or "pending")
         qc = step_one.get("qc", {})
-        (orient_a, spacing_a), (orient_b, spacing_b) = (
-            (str(cohort.orientation.sel(subject=subject, visit=v).values), cohort.spacing.sel(subject=subject, visit=v).values)
-            for v in (a, b))
-        start = cohort.acquired_on.sel(subject=subject, visit=a).values
-        end = cohort.acquired_on.sel(subject=subject, visit=b).values
+        at_a, at_b = grid.at(subject, a), grid.at(subject, b)
+        orient_a, spacing_a, start = str(grid.orientation[at_a]), grid.spacing[at_a], grid.acquired_on[at_a]
+        orient_b, spacing_b, end = str(grid.orientation[at_b]), grid.spacing[at_b], grid.acquired_on[at_b]
         rows.append({
             "subject": subject, "interval": f"{a}->{b}", "from_visit": a, "to_visit": b,
             "new_lesion_count": pred.get("new_lesion_count", -1) if status == "ok" else -1,

@@ -22,7 +22,7 @@ from zarr.codecs import BloscCodec
 from msnl.errors import MsnlError, StoreError
 from msnl.nifti import NiftiScan, read_nifti, scaled_voxels, sha256_file
 from msnl.scan import Scan
-from storage.layout import new_staging_dir, open_root, publish, scan_key, store_path
+from storage.layout import group_attrs, new_staging_dir, open_root, publish, scan_key, store_path
 from storage.manifest import ScanRecord
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,7 @@ def _msnl_attrs(record: ScanRecord, nifti: NiftiScan) -> dict[str, Any]:
 
 def stored_scan_attrs(store: str | Path, subject: str, visit: str) -> dict[str, Any] | None:
     """The `msnl` attributes of a stored scan, or None when it isn't in the store."""
-    path = store_path(store) / scan_key(subject, visit)
-    if not (path / "zarr.json").exists():
-        return None
-    return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs.get("msnl", {})) or None
+    return dict((group_attrs(store_path(store) / scan_key(subject, visit)) or {}).get("msnl", {})) or None
 
 
 def stored_scan_voxels(store: str | Path, subject: str, visit: str) -> int:
