@@ -134,6 +134,7 @@ def _cmd_combine(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_cohort
     from pipelines.train import step_one_config
+    from storage.report import FAILURE_LOG
     from storage.results import open_results
 
     summary = run_cohort(args.source, args.store, scheduler=args.scheduler, workers=args.workers,
@@ -141,8 +142,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _print_failures(summary.failed)
     print(f"run: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
           f"{len(summary.failed)} failed. Results: storage.open_results({str(args.store)!r})")
-    if summary.failed and summary.report:
-        print(f"run: this run's report, with the tracebacks of its task failures: {Path(args.store) / summary.report}/zarr.json")
+    log = Path(args.store) / summary.report / FAILURE_LOG
+    if summary.report and log.exists():
+        print(f"run: where each task failure was raised: msnl status {args.store} --tracebacks (kept in {log})")
     if summary.intervals:
         results = open_results(args.store)
         if not args.quiet:
@@ -174,9 +176,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipelines.status import status_report
+    from pipelines.status import status_report, tracebacks_report
 
-    print(status_report(args.store))
+    if args.subject is not None and not args.tracebacks:
+        raise MsnlError("status: --subject narrows --tracebacks; add --tracebacks")
+    print(tracebacks_report(args.store, args.subject) if args.tracebacks else status_report(args.store))
     return 0
 
 
@@ -333,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "calls (finished, or still running or stopped). It only reads the store.",
     )
     p.add_argument("store", help="the Zarr store written by `msnl run`")
+    p.add_argument("--tracebacks", action="store_true",
+                   help="print, instead, where each task failure was raised (the traceback its run recorded)")
+    p.add_argument("--subject", help="with --tracebacks: only this subject's failures")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(

@@ -43,7 +43,7 @@ class RunSummary:
     skipped: int
     failed: list[tuple[str, str, str, str]]  # subject, interval, status, message
     reprocessed: int = 0  # done before, but with another config, software or weights
-    report: str = ""  # the store key of this run's report (failures with their tracebacks), if it wrote one
+    report: str = ""  # the store key of this run's report (its task failures with their tracebacks), if it wrote one
 
 
 def n4_task(store: str, subject: str, visit: str, cfg: StepOneConfig) -> tuple[str, str]:

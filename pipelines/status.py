@@ -1,6 +1,7 @@
 """`msnl status STORE`: where a store stands, as text, for a terminal without a browser (a
 cluster's login node): intervals processed, pending and failed, the failures with their
-messages, intervals flagged for review, and the latest runs."""
+messages, intervals flagged for review, and the latest runs. `--tracebacks` prints where each
+task failure was raised instead."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pandas as pd
 from msnl.errors import StoreError
 from msnl.qc import REVIEW_REGISTRATION_CORRELATION, coarser_visit_one
 from storage import open_results, run_history
+from storage.report import run_failures
 
 RUNS_SHOWN = 3
 
@@ -22,11 +24,16 @@ def _run_line(run) -> str:
     return f"  run started {when}, took {run.minutes:.1f} min: {run.intervals} interval(s), {run.done} done, {run.failed} failed"
 
 
-def status_report(store: str | Path, failures_shown: int = 20) -> str:
-    """The text `msnl status` prints; `failures_shown` caps the failures listed."""
+def _existing(store: str | Path) -> Path:
     path = Path(store)
     if not path.exists():
         raise StoreError(f"{path}: no such store. Check the path, or create it with `msnl run SOURCE {path}`.")
+    return path
+
+
+def status_report(store: str | Path, failures_shown: int = 20) -> str:
+    """The text `msnl status` prints; `failures_shown` caps the failures listed."""
+    path = _existing(store)
     results = open_results(path)
     lines = [f"status: {path}"]
     if not results.sizes.get("interval"):
@@ -56,3 +63,25 @@ def status_report(store: str | Path, failures_shown: int = 20) -> str:
     if len(runs) > RUNS_SHOWN:
         lines.append(f"  … and {len(runs) - RUNS_SHOWN} earlier run(s): storage.run_history('{path}')")
     return "\n".join(lines)
+
+
+def tracebacks_report(store: str | Path, subject: str | None = None) -> str:
+    """The text `msnl status --tracebacks` prints: each interval that failed in a task (an
+    error, a child process that died, the CNN) and still shows as failed, with the traceback
+    its run recorded; `subject` narrows it to one subject. Failures stored with a step-one
+    result (a failed registration, no brain) are expected outcomes with a message, not errors,
+    and have none."""
+    path = _existing(store)
+    results = open_results(path)
+    shown = []
+    for (s, interval), failure in sorted(run_failures(path).items()):
+        if subject is not None and s != subject:
+            continue
+        if str(results.status.sel(subject=s, interval=interval).item()) == "ok":
+            continue  # a result published since the failure stands
+        trace = failure.get("traceback", "").rstrip() or "(no traceback recorded: the run predates them)"
+        shown.append(f"sub-{s} {interval}: {failure['status']}: {failure['message']}\n{trace}")
+    if not shown:
+        who = f" for sub-{subject}" if subject is not None else ""
+        return f"status: {path}: no task failure{who} to show (failures with a step-one result have a message only: msnl status {path})"
+    return "\n\n".join(shown)

@@ -180,6 +180,40 @@ def test_status_says_where_a_store_stands_and_lists_every_failure(tmp_path, caps
     assert "not finished (still running, or stopped): 1 interval(s), 1 failed" in out
 
 
+def test_status_tracebacks_shows_where_each_task_failure_was_raised(tmp_path, capsys):
+    from storage import open_results
+    from storage.report import RunReport
+    from storage.synthetic import write_synthetic_store
+
+    store = write_synthetic_store(tmp_path / "store.zarr", 10, seed=1, pending_share=0.4, failed_share=0.15)
+    rows = open_results(store).status.to_dataframe().reset_index().dropna()
+    (s1, i1), (s2, i2) = rows[rows.status == "pending"][["subject", "interval"]].head(2).itertuples(index=False)
+    report = RunReport(store, [(s1, *i1.split("->")), (s2, *i2.split("->"))])
+    report.failed(s1, i1, "cnn_failed", "RuntimeError: CUDA out of memory",
+                  traceback='Traceback (most recent call last):\n  File "msnl/inference.py", line 1, in predict\nRuntimeError: CUDA out of memory')
+    report.failed(s2, i2, "failed", "its child process was killed")
+    assert main(["status", str(store), "--tracebacks"]) == 0
+    out = capsys.readouterr().out
+    assert f"sub-{s1} {i1}: cnn_failed: RuntimeError: CUDA out of memory\nTraceback (most recent call last):" in out
+    assert 'File "msnl/inference.py", line 1, in predict' in out
+    assert f"sub-{s2} {i2}: failed: its child process was killed\n(no traceback recorded" in out
+    stored_failures = rows[~rows.status.isin(["ok", "pending"])]
+    assert not any(f"sub-{s} {i}:" in out for s, i in zip(stored_failures.subject, stored_failures.interval))
+    assert main(["status", str(store), "--tracebacks", "--subject", s2]) == 0
+    out = capsys.readouterr().out
+    assert f"sub-{s2} {i2}" in out and f"sub-{s1} " not in out
+
+
+def test_status_tracebacks_without_task_failures_says_so(tmp_path, capsys):
+    from storage.synthetic import write_synthetic_store
+
+    store = write_synthetic_store(tmp_path / "store.zarr", 4, seed=1, failed_share=0.3)
+    assert main(["status", str(store), "--tracebacks"]) == 0
+    assert "no task failure to show" in capsys.readouterr().out
+    assert main(["status", str(store), "--subject", "001"]) == 2
+    assert "--subject narrows --tracebacks" in capsys.readouterr().err
+
+
 def test_status_of_a_missing_store_is_one_clear_line(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nowhere.zarr")]) == 2
     err = capsys.readouterr().err.strip()

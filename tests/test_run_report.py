@@ -212,7 +212,7 @@ def test_msnl_run_records_task_failures_for_the_dashboard(tmp_path, monkeypatch)
     assert "killed by SIGKILL" in results.message.sel(subject="b", interval="01->02").item()
     [report] = read_run_reports(store)
     assert report["finished"] is not None and report["done"] == 0
-    assert (store / summary.report / "zarr.json").exists()
+    assert (store / summary.report / "zarr.json").exists() and (store / summary.report / FAILURE_LOG).exists()
     assert {f["subject"]: f["stored_result"] for f in report["failures"]} == {"a": "earlier result", "b": None}
     trace = next(f["traceback"] for f in report["failures"] if f["subject"] == "b")
     assert "in fake_isolated" in trace and "IsolatedTaskError: step one of sub-b" in trace
