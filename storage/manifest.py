@@ -172,6 +172,14 @@ def read_source(source: str | Path) -> tuple[list[ScanRecord], list[SourceProble
     for rec in safe:
         by_key[(rec.subject, rec.visit)].append(rec)
     kept: list[ScanRecord] = []
+    # A BIDS session may rightly hold several FLAIRs (2D and 3D acquisitions, repeated runs):
+    # the user picks one without touching the dataset.
+    choose = (
+        "list one FLAIR per visit in a CSV manifest (columns subject, visit, path; optionally "
+        "acquired_on, arm, site) and ingest that instead of the folder"
+        if source.is_dir()
+        else "keep the right row and remove the others"
+    )
     for (subject, visit), group in by_key.items():
         if len(group) == 1:
             kept.append(group[0])
@@ -182,7 +190,7 @@ def read_source(source: str | Path) -> tuple[list[ScanRecord], list[SourceProble
                 SourceProblem(
                     str(rec.path),
                     f"subject {subject} visit {visit} appears {len(group)} times ({paths}). "
-                    "Expected one FLAIR per visit; keep the right one and remove the others.",
+                    f"msnl compares one FLAIR per visit: {choose}.",
                     subject,
                     visit,
                 )

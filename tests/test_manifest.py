@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from msnl.errors import ManifestError
@@ -19,6 +21,19 @@ def test_bids_reads_subjects_visits_arm_site_dates(tmp_path):
     first = records[0]
     assert (first.arm, first.site, first.acquired_on) == ("placebo", "site-1", "2021-03-02")
     assert records[2].arm == "active"
+
+
+def test_a_bids_session_with_two_flairs_is_refused_with_the_way_to_pick_one(tmp_path):
+    root = write_bids_cohort(tmp_path / "bids", n_subjects=2, n_visits=2)
+    anat = root / "sub-001" / "ses-02" / "anat"
+    (anat / "sub-001_ses-02_FLAIR.nii.gz").rename(anat / "sub-001_ses-02_acq-2D_FLAIR.nii.gz")
+    (anat / "sub-001_ses-02_acq-3D_FLAIR.nii.gz").write_bytes((anat / "sub-001_ses-02_acq-2D_FLAIR.nii.gz").read_bytes())
+    records, problems = read_source(root)
+    assert ("001", "02") not in {(r.subject, r.visit) for r in records}
+    assert {(r.subject, r.visit) for r in records} >= {("002", "01"), ("002", "02")}  # the others go on
+    refused = [p for p in problems if p.level == "error"]
+    assert sorted(Path(p.path).name for p in refused) == ["sub-001_ses-02_acq-2D_FLAIR.nii.gz", "sub-001_ses-02_acq-3D_FLAIR.nii.gz"]
+    assert all("appears 2 times" in p.message and "CSV manifest" in p.message for p in refused)
 
 
 def test_csv_manifest_with_relative_paths_and_optional_columns(tmp_path, make_nifti):
@@ -60,6 +75,7 @@ def test_missing_file_unsafe_ids_duplicates_and_single_visit(tmp_path, make_nift
     messages = {p.path.rsplit("/", 1)[-1]: (p.level, p.message) for p in problems}
     assert messages["missing.nii.gz"][0] == "error" and "does not exist" in messages["missing.nii.gz"][1]
     assert "appears 2 times" in messages["c1.nii.gz"][1] and "appears 2 times" in messages["c1bis.nii.gz"][1]
+    assert "keep the right row" in messages["c1.nii.gz"][1]
     assert "'../evil'" in messages["d1.nii.gz"][1] and "refused" in messages["d1.nii.gz"][1]
     assert "'a/b'" in messages["d2.nii.gz"][1]
     assert messages["b1.nii.gz"] == ("warning", messages["b1.nii.gz"][1])
