@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -367,6 +368,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# File-system errors that the user fixes, not msnl: one line naming the file and the fix
+# instead of a traceback. Any other OSError is a bug and keeps its traceback.
+_RESUME = "finished work is kept: run the same command again to resume"
+_FIXABLE_OS_ERRORS = {
+    errno.ENOSPC: f"the disk is full: free some space, or give a store on a larger disk; {_RESUME}",
+    errno.EDQUOT: f"your disk quota is used up: free some space, or give a store where your quota allows; {_RESUME}",
+    errno.EROFS: "the file system is read-only: give a store on a disk you can write",
+    errno.EACCES: "permission denied: check that you may read the source and write the store (and its folder)",
+    errno.EPERM: "operation not permitted: check that you may read the source and write the store (and its folder)",
+}
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """One line for a file-system error the user can fix, or None for any other."""
+    fix = _FIXABLE_OS_ERRORS.get(exc.errno)
+    if fix is None:
+        return None
+    where = exc.filename if exc.filename is not None else "a file"
+    return f"{where}: {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `msnl` command; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -383,6 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"msnl {args.command}: interrupted; finished work is kept, run the same command again to resume.", file=sys.stderr)
         return 130
+    except OSError as exc:
+        line = _os_error_line(exc)
+        if line is None:
+            raise
+        print(f"msnl {args.command}: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

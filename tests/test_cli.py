@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 
 from msnl import __version__
@@ -212,6 +216,32 @@ def test_status_tracebacks_without_task_failures_says_so(tmp_path, capsys):
     assert "no task failure to show" in capsys.readouterr().out
     assert main(["status", str(store), "--subject", "001"]) == 2
     assert "--subject narrows --tracebacks" in capsys.readouterr().err
+
+
+def _refuse_cohort_table(monkeypatch, code):
+    """`msnl ingest` fails with `code` where it writes the cohort table (in the client)."""
+    import pipelines.ingest
+
+    def refused(store, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(Path(store) / "cohort"))
+
+    monkeypatch.setattr(pipelines.ingest, "write_cohort_table", refused)
+
+
+@pytest.mark.parametrize("code, says", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "permission denied")])
+def test_a_full_disk_or_a_refused_write_is_one_line_naming_the_file(bids_cohort, tmp_path, capsys, monkeypatch, code, says):
+    _refuse_cohort_table(monkeypatch, code)
+    store = tmp_path / "store.zarr"
+    assert main(["ingest", str(bids_cohort), str(store), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("msnl ingest: error: ")
+    assert str(store / "cohort") in err and says in err
+
+
+def test_any_other_os_error_keeps_its_traceback(bids_cohort, tmp_path, monkeypatch):
+    _refuse_cohort_table(monkeypatch, errno.EIO)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["ingest", str(bids_cohort), str(tmp_path / "store.zarr"), "--quiet"])
 
 
 def test_status_of_a_missing_store_is_one_clear_line(tmp_path, capsys):
