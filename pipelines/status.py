@@ -79,7 +79,7 @@ def tracebacks_report(store: str | Path, subject: str | None = None) -> str:
             continue
         if str(results.status.sel(subject=s, interval=interval).item()) == "ok":
             continue  # a result published since the failure stands
-        trace = failure.get("traceback", "").rstrip() or "(no traceback recorded: the run predates them)"
+        trace = failure.get("traceback", "").rstrip() or "(no traceback recorded: the task reported this failure itself, or its run predates tracebacks)"
         shown.append(f"sub-{s} {interval}: {failure['status']}: {failure['message']}\n{trace}")
     if not shown:
         who = f" for sub-{subject}" if subject is not None else ""
