@@ -171,9 +171,12 @@ def _print_acquisition_changes(command: str, results) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from storage.export import export
 
-    written = export(args.store, args.out)
-    print(f"export: {len(written) - 2} masks, intervals.csv and lesions.csv written under {args.out}")
-    return 0
+    summary = export(args.store, args.out)
+    for message in summary.skipped:
+        print(f"  [skipped] {message}", file=sys.stderr)
+    print(f"export: {len(summary.written) - 2} masks, intervals.csv and lesions.csv written under {args.out}"
+          + (f"; {len(summary.skipped)} interval(s) skipped (above)" if summary.skipped else ""))
+    return 1 if summary.skipped else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -324,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each processed interval, write the new-lesion mask in the later visit's own scanner "
         "space with that FLAIR's header (qform and sform with their codes), BIDS-derivative named "
         "sub-<id>/ses-<visit>/sub-<id>_ses-<visit>_desc-newlesions_mask.nii.gz, so it overlays in ITK-SNAP "
-        "or FSLeyes; plus intervals.csv (per-interval figures) and lesions.csv (every lesion).",
+        "or FSLeyes; plus intervals.csv (per-interval figures) and lesions.csv (every lesion). An interval "
+        "whose scan is missing from the store is skipped with a message (exit code 1); the others are written.",
     )
     p.add_argument("store", help="the Zarr store")
     p.add_argument("out", help="the folder to write")

@@ -3,38 +3,57 @@ space (with that FLAIR's qform and sform), and cohort-wide CSVs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from msnl.errors import StoreError
 from storage.bids import atomic_write, save_image
+from storage.layout import scan_key, store_path
 from storage.results import open_lesions, open_results, read_prediction_mask
 from storage.scans import stored_scan_attrs
 
 
-def export(store: str | Path, out: str | Path) -> list[Path]:
-    """Write every finished interval's mask and the two CSVs; returns the files written."""
+@dataclass(frozen=True)
+class ExportSummary:
+    written: list[Path]  # the masks, then intervals.csv and lesions.csv
+    skipped: list[str]  # one message per finished interval whose mask could not be written
+
+
+def _mask_image(store: str | Path, subject: str, a: str, b: str) -> nib.Nifti1Image:
+    """The interval's new-lesion mask in visit `b`'s scanner space, with that FLAIR's header."""
+    attrs = stored_scan_attrs(store, subject, b)
+    if attrs is None:
+        raise StoreError(f"{store_path(store) / scan_key(subject, b)}: the scan of sub-{subject} visit {b} is not in "
+                         "the store, so its mask has no scanner space; ingest the visit again (`msnl ingest SOURCE STORE`)")
+    mask = read_prediction_mask(store, subject, a, b).astype(np.uint8)
+    img = nib.Nifti1Image(mask, np.asarray(attrs["affine"]))
+    img.set_qform(np.asarray(attrs["qform"]), code=int(attrs["qform_code"]))
+    img.set_sform(np.asarray(attrs["sform"]), code=int(attrs["sform_code"]))
+    return img
+
+
+def export(store: str | Path, out: str | Path) -> ExportSummary:
+    """Write every finished interval's mask and the two CSVs. An interval whose mask can't be
+    written (its scan missing from the store) is skipped with a message; the others go on."""
     out = Path(out)
     results = open_results(store)
-    written = []
-    for subject in results.subject.values:
-        for interval in results.interval.values:
-            row = results.sel(subject=subject, interval=interval)
-            if str(row.status.values) != "ok":
-                continue
-            a, b = str(row.from_visit.values), str(row.to_visit.values)
-            attrs = stored_scan_attrs(store, str(subject), b)
-            mask = read_prediction_mask(store, str(subject), a, b).astype(np.uint8)
-            img = nib.Nifti1Image(mask, np.asarray(attrs["affine"]))
-            img.set_qform(np.asarray(attrs["qform"]), code=int(attrs["qform_code"]))
-            img.set_sform(np.asarray(attrs["sform"]), code=int(attrs["sform_code"]))
-            path = out / f"sub-{subject}" / f"ses-{b}" / f"sub-{subject}_ses-{b}_desc-newlesions_mask.nii.gz"
-            save_image(img, path)
-            written.append(path)
+    written, skipped = [], []
+    rows = results.reset_coords()[["status", "from_visit", "to_visit"]].to_dataframe().reset_index()
+    for row in rows[rows.status == "ok"].itertuples():
+        subject, a, b = str(row.subject), str(row.from_visit), str(row.to_visit)
+        try:
+            img = _mask_image(store, subject, a, b)
+        except StoreError as exc:
+            skipped.append(f"sub-{subject} {a}->{b}: {exc}")
+            continue
+        path = out / f"sub-{subject}" / f"ses-{b}" / f"sub-{subject}_ses-{b}_desc-newlesions_mask.nii.gz"
+        save_image(img, path)
+        written.append(path)
     per_interval = out / "intervals.csv"
     atomic_write(per_interval, results.to_dataframe().reset_index().to_csv(index=False).encode())
     lesion_csv = out / "lesions.csv"
     atomic_write(lesion_csv, open_lesions(store).to_csv(index=False).encode())
-    return written + [per_interval, lesion_csv]
-
+    return ExportSummary(written + [per_interval, lesion_csv], skipped)

@@ -244,6 +244,25 @@ def test_any_other_os_error_keeps_its_traceback(bids_cohort, tmp_path, monkeypat
         main(["ingest", str(bids_cohort), str(tmp_path / "store.zarr"), "--quiet"])
 
 
+def test_export_skips_an_interval_whose_scan_is_missing_and_writes_the_rest(tmp_path, capsys):
+    """`storage.synthetic` stores hold results but no scans, as a store would whose scan
+    groups were lost: no mask has a scanner space to go in."""
+    from storage import open_results
+    from storage.synthetic import write_synthetic_store
+
+    store = write_synthetic_store(tmp_path / "store.zarr", 3, seed=1)
+    done = open_results(store).status.to_dataframe().reset_index().query("status == 'ok'")
+    assert main(["export", str(store), str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if line.startswith("  [skipped] ")]
+    assert len(skipped) == len(done) > 0
+    assert all("is not in the store" in line and "msnl ingest" in line for line in skipped)
+    assert f"scans/{done.subject.iloc[0]}/{done.interval.iloc[0].split('->')[1]}" in captured.err
+    assert f"{len(done)} interval(s) skipped" in captured.out
+    assert (tmp_path / "out" / "intervals.csv").read_text().count("\n") == len(open_results(store).to_dataframe()) + 1
+    assert (tmp_path / "out" / "lesions.csv").exists()
+
+
 def test_status_of_a_missing_store_is_one_clear_line(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nowhere.zarr")]) == 2
     err = capsys.readouterr().err.strip()
