@@ -73,12 +73,13 @@ def tracebacks_report(store: str | Path, subject: str | None = None) -> str:
     and have none."""
     path = _existing(store)
     results = open_results(path)
+    shows = results.status.to_series().dropna().to_dict() if results.sizes.get("interval") else {}
     shown = []
     for (s, interval), failure in sorted(run_failures(path).items()):
         if subject is not None and s != subject:
             continue
-        if str(results.status.sel(subject=s, interval=interval).item()) == "ok":
-            continue  # a result published since the failure stands
+        if shows.get((s, interval)) in (None, "ok"):
+            continue  # a result published since the failure stands, or the interval left the cohort
         trace = failure.get("traceback", "").rstrip() or "(no traceback recorded: the task reported this failure itself, or its run predates tracebacks)"
         shown.append(f"sub-{s} {interval}: {failure['status']}: {failure['message']}\n{trace}")
     if not shown:

@@ -192,14 +192,15 @@ def test_status_tracebacks_shows_where_each_task_failure_was_raised(tmp_path, ca
     store = write_synthetic_store(tmp_path / "store.zarr", 10, seed=1, pending_share=0.4, failed_share=0.15)
     rows = open_results(store).status.to_dataframe().reset_index().dropna()
     (s1, i1), (s2, i2) = rows[rows.status == "pending"][["subject", "interval"]].head(2).itertuples(index=False)
-    report = RunReport(store, [(s1, *i1.split("->")), (s2, *i2.split("->"))])
+    report = RunReport(store, [(s1, *i1.split("->")), (s2, *i2.split("->")), ("gone", "01", "02")])
     report.failed(s1, i1, "cnn_failed", "RuntimeError: CUDA out of memory",
                   traceback='Traceback (most recent call last):\n  File "msnl/inference.py", line 1, in predict\nRuntimeError: CUDA out of memory')
     report.failed(s2, i2, "failed", "its child process was killed")
+    report.failed("gone", "01->02", "failed", "a subject since taken out of the source")  # not in the cohort
     assert main(["status", str(store), "--tracebacks"]) == 0
     out = capsys.readouterr().out
     assert f"sub-{s1} {i1}: cnn_failed: RuntimeError: CUDA out of memory\nTraceback (most recent call last):" in out
-    assert 'File "msnl/inference.py", line 1, in predict' in out
+    assert 'File "msnl/inference.py", line 1, in predict' in out and "sub-gone" not in out
     assert f"sub-{s2} {i2}: failed: its child process was killed\n(no traceback recorded" in out
     stored_failures = rows[~rows.status.isin(["ok", "pending"])]
     assert not any(f"sub-{s} {i}:" in out for s, i in zip(stored_failures.subject, stored_failures.interval))
