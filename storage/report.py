@@ -73,9 +73,13 @@ class RunReport:
         task's error was raised."""
         line = json.dumps({"subject": subject, "interval": interval, "status": status, "message": message,
                            "stored_result": stored_result, "traceback": traceback}) + "\n"
+        data = line.encode()
         fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode())  # one append: a crash can cut only this line short
+            # A write may stop short (a disk filling up) and the next one raise: the line is
+            # then the log's last, cut short, and the run stops on that error.
+            while data:
+                data = data[os.write(fd, data):]
         finally:
             os.close(fd)
 

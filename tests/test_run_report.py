@@ -160,6 +160,37 @@ def test_a_failure_line_cut_short_by_a_crash_is_left_out_and_the_others_stay(sto
     assert results.status.sel(subject=s2, interval=f"{a2}->{b2}").item() == "pending"
 
 
+def test_a_write_that_stops_short_is_finished_and_one_that_fails_stops_the_run(store, monkeypatch):
+    import errno
+    import os
+
+    import storage.report
+
+    (s1, a1, b1), (s2, a2, b2), *_ = _pending(store)
+    report = RunReport(store, [(s1, a1, b1), (s2, a2, b2)])
+    real_write, calls = os.write, []
+
+    def short(fd, data):  # a disk filling up writes part of what it is given
+        calls.append(len(data))
+        return real_write(fd, data[:10])
+
+    monkeypatch.setattr(storage.report.os, "write", short)
+    report.failed(s1, f"{a1}->{b1}", "failed", "boom", traceback="x" * 100)
+    assert len(calls) > 1 and read_run_reports(store)[0]["failures"][0]["traceback"] == "x" * 100
+
+    room = [10]
+
+    def full(fd, data):  # then it is full: part of the line, then an error
+        if not room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data[:room.pop()])
+
+    monkeypatch.setattr(storage.report.os, "write", full)
+    with pytest.raises(OSError, match="No space left"):
+        report.failed(s2, f"{a2}->{b2}", "failed", "never recorded")
+    assert [f["subject"] for f in read_run_reports(store)[0]["failures"]] == [s1]
+
+
 def test_reports_written_before_the_failure_log_still_read(store):
     """Until 2026-12-07 a report's failures were in its attributes."""
     (s1, a1, b1), *_ = _pending(store)
