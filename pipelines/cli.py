@@ -135,7 +135,7 @@ def _cmd_combine(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_cohort
     from pipelines.train import step_one_config
-    from storage.report import FAILURE_LOG
+    from storage.report import failure_log
     from storage.results import open_results
 
     summary = run_cohort(args.source, args.store, scheduler=args.scheduler, workers=args.workers,
@@ -143,8 +143,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _print_failures(summary.failed)
     print(f"run: {summary.intervals} intervals: {summary.done} processed, {summary.skipped} already done, "
           f"{len(summary.failed)} failed. Results: storage.open_results({str(args.store)!r})")
-    log = Path(args.store) / summary.report / FAILURE_LOG
-    if summary.report and log.exists():
+    log = failure_log(args.store, summary.report) if summary.report else None
+    if log is not None:
         print(f"run: where each task failure was raised: msnl status {args.store} --tracebacks (kept in {log})")
     if summary.intervals:
         results = open_results(args.store)
@@ -183,7 +183,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from pipelines.status import status_report, tracebacks_report
 
     if args.subject is not None and not args.tracebacks:
-        raise MsnlError("status: --subject narrows --tracebacks; add --tracebacks")
+        raise MsnlError("--subject narrows --tracebacks; add --tracebacks")
     print(tracebacks_report(args.store, args.subject) if args.tracebacks else status_report(args.store))
     return 0
 

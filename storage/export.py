@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from msnl.errors import StoreError
 from storage.bids import atomic_write, save_image
 from storage.layout import scan_key, store_path
 from storage.results import open_lesions, open_results, read_prediction_mask
@@ -22,19 +21,6 @@ class ExportSummary:
     skipped: list[str]  # one message per finished interval whose mask could not be written
 
 
-def _mask_image(store: str | Path, subject: str, a: str, b: str) -> nib.Nifti1Image:
-    """The interval's new-lesion mask in visit `b`'s scanner space, with that FLAIR's header."""
-    attrs = stored_scan_attrs(store, subject, b)
-    if attrs is None:
-        raise StoreError(f"{store_path(store) / scan_key(subject, b)}: the scan of sub-{subject} visit {b} is not in "
-                         "the store, so its mask has no scanner space; ingest the visit again (`msnl ingest SOURCE STORE`)")
-    mask = read_prediction_mask(store, subject, a, b).astype(np.uint8)
-    img = nib.Nifti1Image(mask, np.asarray(attrs["affine"]))
-    img.set_qform(np.asarray(attrs["qform"]), code=int(attrs["qform_code"]))
-    img.set_sform(np.asarray(attrs["sform"]), code=int(attrs["sform_code"]))
-    return img
-
-
 def export(store: str | Path, out: str | Path) -> ExportSummary:
     """Write every finished interval's mask and the two CSVs. An interval whose mask can't be
     written (its scan missing from the store) is skipped with a message; the others go on."""
@@ -44,11 +30,16 @@ def export(store: str | Path, out: str | Path) -> ExportSummary:
     rows = results.reset_coords()[["status", "from_visit", "to_visit"]].to_dataframe().reset_index()
     for row in rows[rows.status == "ok"].itertuples():
         subject, a, b = str(row.subject), str(row.from_visit), str(row.to_visit)
-        try:
-            img = _mask_image(store, subject, a, b)
-        except StoreError as exc:
-            skipped.append(f"sub-{subject} {a}->{b}: {exc}")
+        attrs = stored_scan_attrs(store, subject, b)
+        if attrs is None:
+            skipped.append(f"sub-{subject} {a}->{b}: {store_path(store) / scan_key(subject, b)}: the scan of visit {b} is "
+                           "not in the store, so its mask has no scanner space; ingest the visit again "
+                           "(`msnl ingest SOURCE STORE`)")
             continue
+        mask = read_prediction_mask(store, subject, a, b).astype(np.uint8)
+        img = nib.Nifti1Image(mask, np.asarray(attrs["affine"]))
+        img.set_qform(np.asarray(attrs["qform"]), code=int(attrs["qform_code"]))
+        img.set_sform(np.asarray(attrs["sform"]), code=int(attrs["sform_code"]))
         path = out / f"sub-{subject}" / f"ses-{b}" / f"sub-{subject}_ses-{b}_desc-newlesions_mask.nii.gz"
         save_image(img, path)
         written.append(path)

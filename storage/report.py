@@ -64,7 +64,7 @@ class RunReport:
         staged = new_staging_dir(self.store)
         write_group_json(staged, self.attrs)
         publish(self.store, staged, self.key)
-        self._log = store_path(store) / self.key / FAILURE_LOG
+        self._log = _log_path(store, self.key)
 
     def failed(self, subject: str, interval: str, status: str, message: str, stored_result: str | None = None,
                traceback: str = "") -> None:
@@ -86,6 +86,17 @@ class RunReport:
     def finish(self, done: int) -> None:
         self.attrs.update({"finished": _stamp(), "done": done})
         replace_group_attrs(self.store, self.key, self.attrs)
+
+
+def _log_path(store: str | Path, key: str) -> Path:
+    return store_path(store) / key / FAILURE_LOG
+
+
+def failure_log(store: str | Path, key: str) -> Path | None:
+    """The failure log of the run report at `key`, or None when that run recorded no task
+    failure."""
+    log = _log_path(store, key)
+    return log if log.exists() else None
 
 
 def run_report_files(store: str | Path) -> list[Path]:
