@@ -6,6 +6,8 @@ import argparse
 import errno
 import logging
 import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -44,8 +46,20 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _msnl_command() -> str:
+    """How to call msnl again from the user's shell: `msnl`, unless this run was started by a
+    path to the console script that PATH does not lead to (`.venv/bin/msnl demo`, as the
+    README's first command does), which is then given as typed."""
+    started_as = sys.argv[0]
+    if Path(started_as).name != "msnl":
+        return "msnl"
+    on_path = shutil.which("msnl")
+    if on_path is not None and Path(on_path).resolve() == Path(started_as).resolve():
+        return "msnl"
+    return shlex.quote(started_as)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import shlex
     import time
 
     from pipelines.demo import DEMO_SUBJECTS, DEMO_VISITS, endpoint_report, run_demo
@@ -62,7 +76,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(endpoint_report(store))
     _print_acquisition_changes("demo", open_results(store))
     print(f"\nIn Python: storage.open_results({str(store)!r})")
-    print(f"Open the dashboard with:\n\n    msnl dashboard {shlex.quote(str(store))}\n")
+    print(f"Open the dashboard with:\n\n    {_msnl_command()} dashboard {shlex.quote(str(store))}\n")
     return 1 if summary.failed else 0
 
 
@@ -145,7 +159,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"{len(summary.failed)} failed. Results: storage.open_results({str(args.store)!r})")
     log = failure_log(args.store, summary.report) if summary.report else None
     if log is not None:
-        print(f"run: where each task failure was raised: msnl status {args.store} --tracebacks (kept in {log})")
+        print(f"run: where each task failure was raised: {_msnl_command()} status {shlex.quote(str(args.store))} --tracebacks "
+              f"(kept in {log})")
     if summary.intervals:
         results = open_results(args.store)
         if not args.quiet:

@@ -268,3 +268,19 @@ def test_status_of_a_missing_store_is_one_clear_line(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nowhere.zarr")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere.zarr: no such store" in err
+
+
+def test_printed_commands_use_the_path_msnl_was_started_by_when_path_does_not_reach_it(tmp_path, monkeypatch):
+    from pipelines.cli import _msnl_command
+
+    script = tmp_path / "my env" / "bin" / "msnl"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr("sys.argv", [str(script), "demo"])
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert _msnl_command() == f"'{script}'"  # quoted: the path holds a space
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert _msnl_command() == "msnl"
+    monkeypatch.setattr("sys.argv", ["/usr/lib/python3/pytest", "demo"])  # not the console script
+    assert _msnl_command() == "msnl"
