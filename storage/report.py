@@ -130,16 +130,63 @@ def _logged_failures(report: Path) -> list[dict[str, Any]]:
     return failures
 
 
+def _signature(report: Path) -> tuple[tuple[int, int, int] | None, ...] | None:
+    """What identifies the content of a report's zarr.json and failure log: inode, mtime and
+    size of each (None for an absent log); None when its zarr.json is absent (being replaced
+    this instant). Attributes are replaced by a rename (a new inode) and the log only grows, so
+    content that changed has another signature."""
+    stats = []
+    for name in ("zarr.json", FAILURE_LOG):
+        try:
+            st = (report / name).stat()
+        except FileNotFoundError:
+            stats.append(None)
+        else:
+            stats.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return None if stats[0] is None else tuple(stats)
+
+
+# store's reports folder -> {report folder: (signature, attributes)}; one entry per report
+# present at the last read, so a long-lived reader (the dashboard) rereads only the reports
+# that changed since.
+_read_cache: dict[Path, dict[Path, tuple[tuple, dict[str, Any]]]] = {}
+
+
+def _read_report(report: Path) -> dict[str, Any] | None:
+    attrs = group_attrs(report)
+    if attrs is None:
+        return None
+    attrs["failures"] = tuple(attrs.get("failures", []) + _logged_failures(report))
+    attrs["intervals"] = tuple(map(tuple, attrs.get("intervals", [])))
+    attrs["found_done"] = tuple(map(tuple, attrs.get("found_done", [])))
+    return attrs
+
+
 def read_run_reports(store: str | Path) -> list[dict[str, Any]]:
     """Every stored run report's attributes, oldest first, with its `failures` (from its log,
     and from its attributes in reports written before the log); one being replaced this instant
-    is skipped."""
+    is skipped. `intervals` and `found_done` hold (subject, interval) tuples.
+
+    Each report is parsed again only when its files changed since this process last read it:
+    a run report lists every interval its run took on, so a store with many large runs would
+    otherwise cost seconds at every read."""
+    folder = store_path(store).resolve() / REPORTS
+    cached = _read_cache.get(folder, {})
+    fresh: dict[Path, tuple[tuple, dict[str, Any]]] = {}
     reports = []
     for meta in run_report_files(store):
-        attrs = group_attrs(meta.parent)
-        if attrs is not None:
-            attrs["failures"] = attrs.get("failures", []) + _logged_failures(meta.parent)
-            reports.append(attrs)
+        report = meta.parent.resolve()
+        signature = _signature(report)
+        if signature is None:
+            continue
+        hit = cached.get(report)
+        attrs = hit[1] if hit is not None and hit[0] == signature else _read_report(report)
+        if attrs is None:
+            continue
+        fresh[report] = (signature, attrs)
+        reports.append({**attrs, "failures": [dict(f) for f in attrs["failures"]],
+                        "intervals": list(attrs["intervals"]), "found_done": list(attrs["found_done"])})
+    _read_cache[folder] = fresh
     return reports
 
 
@@ -149,8 +196,8 @@ def run_failures(store: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
     (and may still be processing), or found done, is not listed."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for report in reversed(read_run_reports(store)):
-        failures = {(f["subject"], f["interval"]): f for f in report.get("failures", [])}
-        for subject, interval in report.get("intervals", []) + report.get("found_done", []):
+        failures = {(f["subject"], f["interval"]): f for f in report["failures"]}
+        for subject, interval in report["intervals"] + report["found_done"]:
             key = (subject, interval)
             if key not in latest:
                 latest[key] = failures.get(key, {})
@@ -166,7 +213,7 @@ def run_history(store: str | Path) -> pd.DataFrame:
                          for field in ("started", "finished"))
     return pd.DataFrame({
         "started": started, "finished": finished, "minutes": (finished - started).total_seconds() / 60,
-        "intervals": [len(r.get("intervals", [])) for r in reports],
+        "intervals": [len(r["intervals"]) for r in reports],
         "done": pd.array([r.get("done") for r in reports], dtype="Int64"),
-        "failed": [len(r.get("failures", [])) for r in reports],
+        "failed": [len(r["failures"]) for r in reports],
     })

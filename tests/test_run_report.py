@@ -132,6 +132,43 @@ def test_each_failure_is_on_disk_at_once_and_moves_the_results_stamp(store):
     assert results_stamp(store) != before
 
 
+def test_a_reader_parses_again_only_the_reports_that_changed_and_sees_every_change(store, monkeypatch):
+    import storage.report
+
+    parsed = []
+    real = storage.report.group_attrs
+    monkeypatch.setattr(storage.report, "group_attrs", lambda path: parsed.append(path.name) or real(path))
+    (s1, a1, b1), (s2, a2, b2), *_ = _pending(store)
+    finished = RunReport(store, [(s1, a1, b1)])
+    finished.failed(s1, f"{a1}->{b1}", "failed", "first")
+    finished.finish(done=0)
+    running = RunReport(store, [(s2, a2, b2)])
+    assert [len(r["failures"]) for r in read_run_reports(store)] == [1, 0] and len(parsed) == 2
+    read_run_reports(store)
+    assert len(parsed) == 2  # nothing changed: nothing parsed
+
+    running.failed(s2, f"{a2}->{b2}", "cnn_failed", "second")
+    assert [len(r["failures"]) for r in read_run_reports(store)] == [1, 1]
+    assert parsed[2:] == [running.key.split("/")[-1]]  # the finished report is not parsed again
+    running.finish(done=0)
+    assert [r["done"] for r in read_run_reports(store)] == [0, 0] and parsed[3:] == [running.key.split("/")[-1]]
+    assert set(run_failures(store)) == {(s1, f"{a1}->{b1}"), (s2, f"{a2}->{b2}")}
+
+
+def test_changing_what_read_run_reports_returned_leaves_the_next_read_as_stored(store):
+    (s1, a1, b1), *_ = _pending(store)
+    report = RunReport(store, [(s1, a1, b1)])
+    report.failed(s1, f"{a1}->{b1}", "failed", "boom")
+    [first] = read_run_reports(store)
+    first["failures"][0]["message"] = "changed"
+    first["failures"].clear()
+    first["intervals"].append(("someone", "01->02"))
+    first["finished"] = "never"
+    [again] = read_run_reports(store)
+    assert again["failures"][0]["message"] == "boom" and again["intervals"] == [(s1, f"{a1}->{b1}")]
+    assert again["finished"] is None
+
+
 def test_a_failure_is_appended_to_the_log_and_leaves_the_reports_attributes_as_they_were(store):
     (s1, a1, b1), (s2, a2, b2), *_ = _pending(store)
     report = RunReport(store, [(s1, a1, b1), (s2, a2, b2)])
