@@ -228,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         "parallel. Scans already stored with the same SHA-256 are skipped. Bad scans are reported "
         "and stored in the ingest report; the others are still ingested. Exit code 1 if any failed.",
     )
-    p.add_argument("source", help="a BIDS folder (sub-*/ses-*/anat/*_FLAIR.nii[.gz]) or a CSV manifest "
-                   "with columns subject, visit, path [, acquired_on, arm, site]")
+    p.add_argument("source", help="a BIDS folder (sub-*/ses-*/anat/*_FLAIR.nii[.gz]), a CSV manifest "
+                   "with columns subject, visit, path [, acquired_on, arm, site], or a folder of patient "
+                   "folders in the Lesjak (study1_FLAIR.nii.gz, study2_FLAIR.nii.gz) or MSSEG-2 "
+                   "(flair_time01_on_middle_space.nii.gz, ...) form")
     p.add_argument("store", help="the Zarr store to create or update (a folder)")
     p.add_argument("--workers", type=int, default=None, help="parallel threads (default: one per CPU this job may use)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -327,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lesion tables. Results are keyed by the scans, the config and the weights: a re-run skips what is "
         "done. Runs on a local cluster sized to the machine, or on --scheduler. Exit code 1 if any failed.",
     )
-    p.add_argument("source", help="a BIDS folder or a CSV manifest, as for `msnl ingest`")
+    p.add_argument("source", help="a BIDS folder, a CSV manifest or a folder of patient folders, as for `msnl ingest`")
     p.add_argument("store", help="the Zarr store")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use this Dask scheduler (tcp://host:8786)")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per CPU this job may use)")

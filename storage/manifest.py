@@ -1,4 +1,5 @@
-"""Cohort sources: a BIDS dataset or a CSV manifest, read into one list of scan records.
+"""Cohort sources: a BIDS dataset, a CSV manifest, or a folder of patient folders in the form
+of a public longitudinal MS dataset (Lesjak, MSSEG-2), read into one list of scan records.
 
 A problem with one row (a missing file, an unsafe ID, the same visit twice) is returned as a
 `SourceProblem` and leaves the other rows usable; a source that can't be read at all raises
@@ -18,6 +19,13 @@ from msnl.errors import ManifestError, UnsafeIdentifierError
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _BIDS_FLAIR = "sub-*/ses-*/anat/*_FLAIR.nii*"
 _CSV_REQUIRED = ("subject", "visit", "path")
+# Public longitudinal MS datasets ship one folder per patient holding its two FLAIRs under
+# fixed names: the form's name -> (visit, file name) for each visit. The visit is the number
+# in the file name, as written there.
+PAIR_FOLDER_FORMS = {
+    "Lesjak longitudinal": (("1", "study1_FLAIR.nii.gz"), ("2", "study2_FLAIR.nii.gz")),
+    "MSSEG-2": (("01", "flair_time01_on_middle_space.nii.gz"), ("02", "flair_time02_on_middle_space.nii.gz")),
+}
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,24 @@ def _bids_records(root: Path) -> tuple[list[ScanRecord], list[SourceProblem]]:
     return records, problems
 
 
+def _pair_folder_records(root: Path) -> list[ScanRecord]:
+    """The FLAIRs of `root`'s patient folders in one of `PAIR_FOLDER_FORMS`; the subject is the
+    folder's name; `root` itself counts as the one patient folder when it is in such a form. A
+    folder holding only one of its two FLAIRs gives that one (a subject with one visit, warned
+    about like any other)."""
+
+    def flairs(folder: Path) -> list[ScanRecord]:
+        for visits in PAIR_FOLDER_FORMS.values():
+            found = [ScanRecord(subject=folder.name, visit=visit, path=folder / name)
+                     for visit, name in visits if (folder / name).exists()]
+            if found:
+                return found
+        return []
+
+    return flairs(root) or [record for folder in sorted(p for p in root.iterdir() if p.is_dir())
+                            for record in flairs(folder)]
+
+
 def _csv_records(manifest: Path) -> tuple[list[ScanRecord], list[SourceProblem]]:
     with open(manifest, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
@@ -139,7 +165,8 @@ def _csv_records(manifest: Path) -> tuple[list[ScanRecord], list[SourceProblem]]
 
 
 def read_source(source: str | Path) -> tuple[list[ScanRecord], list[SourceProblem]]:
-    """Read a BIDS folder or CSV manifest into scan records and per-row problems.
+    """Read a BIDS folder, a CSV manifest or a folder of patient folders (`PAIR_FOLDER_FORMS`,
+    read when the folder holds no BIDS FLAIR) into scan records and per-row problems.
 
     Rows with unsafe IDs, or a (subject, visit) that appears more than once, are refused as
     problems. A subject with a single visit is kept, with a warning: nothing to compare.
@@ -147,10 +174,14 @@ def read_source(source: str | Path) -> tuple[list[ScanRecord], list[SourceProble
     """
     source = Path(source)
     if not source.exists():
-        raise ManifestError("does not exist. Give a BIDS folder or a CSV manifest.", source)
+        raise ManifestError("does not exist. Give a BIDS folder, a CSV manifest or a folder of patient folders.", source)
     if source.is_dir():
         records, problems = _bids_records(source)
-        expected = f"BIDS FLAIRs matching {_BIDS_FLAIR}"
+        if not records and not problems:
+            records = _pair_folder_records(source)
+        forms = "; or ".join(f"patient folders in the {form} form ({', '.join(name for _, name in visits)})"
+                             for form, visits in PAIR_FOLDER_FORMS.items())
+        expected = f"BIDS FLAIRs matching {_BIDS_FLAIR}; or {forms}"
     else:
         records, problems = _csv_records(source)
         expected = "rows in the manifest"

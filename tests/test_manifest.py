@@ -1,4 +1,5 @@
-"""Reading cohort sources: BIDS folders and CSV manifests, and their row-level problems."""
+"""Reading cohort sources: BIDS folders, CSV manifests and folders of patient folders (the
+Lesjak and MSSEG-2 forms), and their row-level problems."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from msnl.errors import ManifestError
 from storage.manifest import read_source
-from tests.conftest import write_bids_cohort
+from tests.conftest import LONGITUDINAL, write_bids_cohort
 
 
 def test_bids_reads_subjects_visits_arm_site_dates(tmp_path):
@@ -84,10 +85,49 @@ def test_missing_file_unsafe_ids_duplicates_and_single_visit(tmp_path, make_nift
 
 def test_empty_sources_are_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ManifestError, match="holds no scans"):
+    with pytest.raises(ManifestError, match="holds no scans") as refused:
         read_source(tmp_path / "empty")
+    assert "sub-*/ses-*/anat/*_FLAIR.nii*" in str(refused.value)
+    assert "Lesjak longitudinal form (study1_FLAIR.nii.gz, study2_FLAIR.nii.gz)" in str(refused.value)
+    assert "MSSEG-2 form (flair_time01_on_middle_space.nii.gz" in str(refused.value)
     (tmp_path / "empty.csv").write_text("subject,visit,path\n")
     with pytest.raises(ManifestError, match="holds no scans"):
         read_source(tmp_path / "empty.csv")
     with pytest.raises(ManifestError, match="does not exist"):
         read_source(tmp_path / "nowhere")
+
+
+def test_patient_folders_in_the_lesjak_and_msseg2_forms_are_read_with_their_visits(tmp_path, make_nifti):
+    for name in ("study1_FLAIR.nii.gz", "study2_FLAIR.nii.gz", "newlesions.nii.gz"):
+        make_nifti(f"pairs/patient01/{name}")
+    for name in ("flair_time01_on_middle_space.nii.gz", "flair_time02_on_middle_space.nii.gz", "ground_truth.nii.gz"):
+        make_nifti(f"pairs/013/{name}")
+    make_nifti("pairs/patient05/study1_FLAIR.nii.gz")  # its second visit is missing
+    (tmp_path / "pairs" / "notes").mkdir()  # a folder in no form is passed over
+    records, problems = read_source(tmp_path / "pairs")
+    assert [(r.subject, r.visit, r.path.name) for r in records] == [
+        ("013", "01", "flair_time01_on_middle_space.nii.gz"), ("013", "02", "flair_time02_on_middle_space.nii.gz"),
+        ("patient01", "1", "study1_FLAIR.nii.gz"), ("patient01", "2", "study2_FLAIR.nii.gz"),
+        ("patient05", "1", "study1_FLAIR.nii.gz")]
+    assert [(p.level, p.subject) for p in problems] == [("warning", "patient05")]
+    assert "single visit" in problems[0].message
+    # one patient's folder given alone is that patient
+    records, _ = read_source(tmp_path / "pairs" / "patient01")
+    assert [(r.subject, r.visit) for r in records] == [("patient01", "1"), ("patient01", "2")]
+
+
+def test_a_bids_dataset_beside_patient_folders_is_read_as_bids(tmp_path, make_nifti):
+    root = write_bids_cohort(tmp_path / "bids", n_subjects=1, n_visits=2)
+    make_nifti("bids/patient01/study1_FLAIR.nii.gz")
+    make_nifti("bids/patient01/study2_FLAIR.nii.gz")
+    records, _ = read_source(root)
+    assert {r.subject for r in records} == {"001"}
+
+
+@pytest.mark.skipif(not LONGITUDINAL.exists(), reason="needs the real pairs in ../shared/data")
+def test_the_real_lesjak_longitudinal_folder_reads_as_two_patients_of_two_visits():
+    records, problems = read_source(LONGITUDINAL)
+    assert problems == []
+    assert [(r.subject, r.visit, r.path.name) for r in records] == [
+        ("patient01", "1", "study1_FLAIR.nii.gz"), ("patient01", "2", "study2_FLAIR.nii.gz"),
+        ("patient12", "1", "study1_FLAIR.nii.gz"), ("patient12", "2", "study2_FLAIR.nii.gz")]
