@@ -11,13 +11,19 @@ import numpy as np
 from msnl.errors import InputError
 from msnl.metrics import score_lesions
 from msnl.resample import resample_labels
+from storage.lesjak import lesjak_truths
 from storage.masks import find_masks, read_mask
 
 
 def evaluate(pred: str | Path, truth: str | Path, desc: str | None = None) -> dict:
     """Scores of every prediction against its truth; in folders, only masks with `desc-<desc>`
-    in their names when `desc` is given."""
-    preds, truths = find_masks(pred, desc), find_masks(truth, desc)
+    in their names when `desc` is given. Truth in the Lesjak longitudinal form (a dataset
+    folder, a patient folder or its newlesions.nii.gz) is brought onto the prediction's grid
+    through the patient's transform to visit 2, as `msnl train` and the benchmarks do."""
+    lesjak = lesjak_truths(truth)
+    truths = {k: mask for k, (mask, _) in lesjak.items()} if lesjak else find_masks(truth, desc)
+    transforms = {mask: transform for mask, transform in lesjak.values()} if lesjak else {}
+    preds = find_masks(pred, desc)
     if len(preds) == 1 and len(truths) == 1:
         pairs = [(next(iter(preds)), next(iter(preds.values())), next(iter(truths.values())))]
     else:
@@ -28,9 +34,12 @@ def evaluate(pred: str | Path, truth: str | Path, desc: str | None = None) -> di
     rows = []
     for (subject, session), p_path, t_path in pairs:
         p, t = read_mask(p_path), read_mask(t_path)
-        resampled = p.shape != t.shape or not np.allclose(p.affine, t.affine, atol=1e-3)
-        if resampled:  # onto the truth's grid through world coordinates, nearest neighbour
-            p = resample_labels(p, t)
+        if t_path in transforms:  # the truth onto the prediction's grid (visit 2's), nearest neighbour
+            t, resampled = resample_labels(t, p, transforms[t_path], invert=True), "truth"
+        elif p.shape != t.shape or not np.allclose(p.affine, t.affine, atol=1e-3):
+            p, resampled = resample_labels(p, t), "prediction"  # onto the truth's grid through world coordinates
+        else:
+            resampled = None
         s = score_lesions(p, t)
         rows.append({
             "subject": subject, "session": session, "prediction": str(p_path), "truth": str(t_path),

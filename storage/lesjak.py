@@ -25,6 +25,29 @@ class LesjakPair:
     transform2: Path  # maps common-grid points to visit 2's space (used as read)
 
 
+NEW_LESIONS = "newlesions.nii.gz"
+VISIT2_TO_COMMON = "study2_FLAIR_to_common_space.txt"
+TRUTH_SESSION = "2"  # the visit of study2_FLAIR, as `msnl ingest` names it
+
+
+def lesjak_truths(path: str | Path) -> dict[tuple[str, str], tuple[Path, Path]] | None:
+    """(patient, "2") -> (new-lesion mask, the transform from its common grid to visit 2's
+    space) for a Lesjak longitudinal dataset folder, one of its patient folders, or a
+    patient's newlesions.nii.gz; None for anything else. The truth's common grid is not visit
+    2's scanner space (a few degrees and millimetres apart), so it is only comparable to a
+    prediction through that transform."""
+    path = Path(path)
+    if path.is_file():
+        folders = [path.parent] if path.name == NEW_LESIONS else []
+    elif (path / NEW_LESIONS).exists():
+        folders = [path]
+    else:
+        folders = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    found = {(f.name, TRUTH_SESSION): (f / NEW_LESIONS, f / VISIT2_TO_COMMON)
+             for f in folders if (f / NEW_LESIONS).exists() and (f / VISIT2_TO_COMMON).exists()}
+    return found or None
+
+
 def _labels(path: Path) -> LabelMap:
     img = nib.load(path)
     return LabelMap(np.asarray(img.dataobj) > 0, img.affine)
@@ -32,8 +55,7 @@ def _labels(path: Path) -> LabelMap:
 
 def read_lesjak_pair(folder: str | Path) -> LesjakPair:
     folder = Path(folder)
-    needed = ["study1_FLAIR.nii.gz", "study2_FLAIR.nii.gz", "brainmask.nii.gz", "newlesions.nii.gz",
-              "study2_FLAIR_to_common_space.txt"]
+    needed = ["study1_FLAIR.nii.gz", "study2_FLAIR.nii.gz", "brainmask.nii.gz", NEW_LESIONS, VISIT2_TO_COMMON]
     missing = [n for n in needed if not (folder / n).exists()]
     if missing:
         raise InputError(f"is not a Lesjak-form pair: missing {', '.join(missing)}.", folder)
@@ -42,8 +64,8 @@ def read_lesjak_pair(folder: str | Path) -> LesjakPair:
         flair1=read_nifti(folder / "study1_FLAIR.nii.gz").to_scan(),
         flair2=read_nifti(folder / "study2_FLAIR.nii.gz").to_scan(),
         brainmask=_labels(folder / "brainmask.nii.gz"),
-        newlesions=_labels(folder / "newlesions.nii.gz"),
-        transform2=folder / "study2_FLAIR_to_common_space.txt",
+        newlesions=_labels(folder / NEW_LESIONS),
+        transform2=folder / VISIT2_TO_COMMON,
     )
 
 

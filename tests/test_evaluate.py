@@ -79,7 +79,33 @@ def test_prediction_on_another_grid_is_resampled_through_world_coordinates(tmp_p
     pred = _save(tmp_path / "p.nii.gz", _cube((20, 20, 20), np.s_[2:6, 4:8, 4:8]), shifted)
     assert main(["evaluate", "--json", str(pred), str(truth)]) == 0
     pair = json.loads(capsys.readouterr().out)["pairs"][0]
-    assert pair["resampled"] and pair["dice"] == pytest.approx(1.0)
+    assert pair["resampled"] == "prediction" and pair["dice"] == pytest.approx(1.0)
+
+
+def _lesjak_truth(folder, truth, shift_mm):
+    """A patient folder of the Lesjak form: its truth on the common grid, and the transform
+    from that grid to visit 2's space, a translation by `shift_mm` along z (the same axis in
+    ITK's LPS and NIfTI's RAS)."""
+    import ants
+
+    _save(folder / "newlesions.nii.gz", truth)
+    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, translation=(0, 0, shift_mm))
+    ants.write_transform(transform, str(folder / "study2_FLAIR_to_common_space.txt"))
+
+
+def test_lesjak_truth_is_brought_onto_the_predictions_grid_through_the_patients_transform(tmp_path, capsys):
+    truth = _cube((24, 24, 24), np.s_[4:10, 4:10, 4:10], np.s_[14:18, 14:18, 14:18])
+    _lesjak_truth(tmp_path / "lesjak" / "patient01", truth, 3)
+    pred = np.roll(truth, 3, axis=2)  # where visit 2 sees them: 3 mm further along z
+    _save(tmp_path / "out/sub-patient01/ses-2/sub-patient01_ses-2_desc-newlesions_mask.nii.gz", pred)
+    for given in ("lesjak", "lesjak/patient01", "lesjak/patient01/newlesions.nii.gz"):
+        assert main(["evaluate", "--json", str(tmp_path / "out"), str(tmp_path / given)]) == 0
+        [pair] = json.loads(capsys.readouterr().out)["pairs"]
+        assert pair["resampled"] == "truth" and pair["dice"] == pytest.approx(1.0) and pair["f1"] == 1.0, given
+    # the same masks compared through world coordinates miss by the 3 mm
+    plain = _save(tmp_path / "plain/newlesions_copy.nii.gz", truth)
+    assert main(["evaluate", "--json", str(tmp_path / "out"), str(plain)]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"][0]["dice"] < 0.6
 
 
 def test_missing_predictions_and_bad_weights_are_clear_errors(tmp_path, capsys):
