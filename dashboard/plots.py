@@ -12,6 +12,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
+def given(value: object, missing: str = "not given") -> str:
+    """An arm, site or date as shown: `missing` where the source had none (a manifest without
+    that column, a public dataset's patient folders)."""
+    text = "" if value is None else str(value)
+    return missing if text in ("", "nan", "NaT", "None") else text
+
+
 def endpoint_figure(table: pd.DataFrame, value: str, low: str, high: str, ylabel: str, title: str) -> Figure:
     """One line per arm over intervals (in trial order), with its CI as error bars."""
     fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
@@ -24,7 +31,7 @@ def endpoint_figure(table: pd.DataFrame, value: str, low: str, high: str, ylabel
         shift = (n / max(len(arms) - 1, 1) - 0.5) * width
         y = rows[value].to_numpy(float)
         err = np.vstack([y - rows[low].to_numpy(float), rows[high].to_numpy(float) - y])
-        ax.errorbar(x + shift, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", capsize=4, label=f"{arm}")
+        ax.errorbar(x + shift, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", capsize=4, label=f"arm {given(arm)}")
     ax.set_xticks(x, order)
     ax.set_xlabel("interval")
     ax.set_ylabel(ylabel)
@@ -39,7 +46,7 @@ def timeline_figure(rows: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 2.6), layout="constrained")
     x = np.arange(len(rows))
     ax.bar(x, rows.new_lesion_count.clip(lower=0), color="#4477aa", label="new lesions")
-    ax.set_xticks(x, [f"{a}\n{d}" for a, d in zip(rows.interval, rows.end_date)])
+    ax.set_xticks(x, [f"{a}\n{given(d, 'no date')}" for a, d in zip(rows.interval, rows.end_date)])
     ax.set_ylabel("new lesions")
     ax.yaxis.get_major_locator().set_params(integer=True)
     twin = ax.twinx()

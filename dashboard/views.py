@@ -11,7 +11,7 @@ import streamlit as st
 import xarray as xr
 
 from dashboard.data import interval_geometry, load_lesions, load_results, load_runs, load_slice, store_state
-from dashboard.plots import endpoint_figure, slice_figure, timeline_figure
+from dashboard.plots import endpoint_figure, given, slice_figure, timeline_figure
 from msnl.endpoints import cumulative, filter_results, per_arm_interval, per_patient, rate_ratios
 from msnl.errors import MsnlError
 from msnl.qc import REVIEW_REGISTRATION_CORRELATION, REVIEW_RESOLUTION_RATIO, coarser_visit_one
@@ -43,8 +43,8 @@ def filter_widgets(results: xr.Dataset) -> Filters:
     st.sidebar.subheader("Filters")
     arms = sorted({str(a) for a in results.arm.values}) if "arm" in results.coords else []
     sites = sorted({str(s) for s in results.site.values}) if "site" in results.coords else []
-    chosen_arms = st.sidebar.multiselect("Arm", arms, default=arms, key="arms")
-    chosen_sites = st.sidebar.multiselect("Site", sites, default=sites, key="sites")
+    chosen_arms = st.sidebar.multiselect("Arm", arms, default=arms, key="arms", format_func=given)
+    chosen_sites = st.sidebar.multiselect("Site", sites, default=sites, key="sites", format_func=given)
     span = _dates(results)
     start = end = None
     if span:
@@ -107,12 +107,13 @@ def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:
                      y_label="correlation", height=220)
     acquisition_review(results)
     st.subheader("Counts by arm and site")
-    subjects = rows.drop_duplicates("subject")
+    shown = rows.assign(arm=rows.arm.map(given), site=rows.site.map(given))
+    subjects = shown.drop_duplicates("subject")
     left, right = st.columns(2)
     left.caption("Subjects")
     left.dataframe(pd.crosstab(subjects.arm, subjects.site, margins=True, margins_name="all"))
     right.caption("Intervals by status")
-    right.dataframe(pd.crosstab([rows.arm, rows.site], rows.status))
+    right.dataframe(pd.crosstab([shown.arm, shown.site], shown.status))
 
 
 RUNS_SHOWN = 10
@@ -169,16 +170,20 @@ def endpoints(store: str, stamp: tuple, results: xr.Dataset) -> None:
         return
     st.subheader("Rate ratio (negative-binomial regression, follow-up as exposure)")
     ratios = rate_ratios(results)
-    if not ratios:
+    if not ratios and not any(given(a, "") for a in table.arm):
+        st.info("The source gives no subject an arm: add an `arm` column to participants.tsv or to the manifest, "
+                "and run `msnl ingest` again, to compare arms.")
+    elif not ratios:
         st.info("A rate ratio needs two arms with processed intervals.")
     for rr in ratios:
+        arm, reference = given(rr.arm), given(rr.reference)
         if np.isfinite(rr.ratio):
-            st.metric(f"{rr.arm} vs {rr.reference}", f"{rr.ratio:.2f}",
+            st.metric(f"{arm} vs {reference}", f"{rr.ratio:.2f}",
                       help=f"95% CI {rr.ci_low:.2f}–{rr.ci_high:.2f}, p = {rr.p_value:.3g}, {rr.n_patients} patients")
-            st.write(f"**{rr.arm} vs {rr.reference}:** rate ratio {rr.ratio:.2f} (95% CI {rr.ci_low:.2f}–{rr.ci_high:.2f}), "
+            st.write(f"**{arm} vs {reference}:** rate ratio {rr.ratio:.2f} (95% CI {rr.ci_low:.2f}–{rr.ci_high:.2f}), "
                      f"p = {rr.p_value:.3g}, {rr.n_patients} patients. {rr.message}")
         else:
-            st.info(f"{rr.arm} vs {rr.reference}: no rate ratio ({rr.message}).")
+            st.info(f"{arm} vs {reference}: no rate ratio ({rr.message}).")
     left, right = st.columns(2)
     left.pyplot(endpoint_figure(table, "mean_new_lesions", "mean_ci_low", "mean_ci_high", "new lesions / patient",
                                 "Mean new lesions per patient (95% CI)"))
@@ -189,11 +194,11 @@ def endpoints(store: str, stamp: tuple, results: xr.Dataset) -> None:
     right.pyplot(endpoint_figure(table, "mean_volume_mm3", "mean_volume_mm3", "mean_volume_mm3", "mm³",
                                  "Mean new-lesion volume per patient"))
     st.subheader("Per arm and interval")
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(table.assign(arm=table.arm.map(given)), hide_index=True, width="stretch")
     patients = per_patient(results)
     st.download_button("Download the per-arm table (CSV)", table.to_csv(index=False), "msnl-endpoints.csv", "text/csv")
     st.subheader("Per patient (NEDA-style: no new lesion)")
-    st.dataframe(patients, hide_index=True, width="stretch")
+    st.dataframe(patients.assign(arm=patients.arm.map(given), site=patients.site.map(given)), hide_index=True, width="stretch")
     st.download_button("Download the per-patient table (CSV)", patients.to_csv(index=False), "msnl-patients.csv", "text/csv")
 
 
@@ -214,7 +219,7 @@ def patient(store: str, stamp: tuple, results: xr.Dataset) -> None:
     rows = _long(results.sel(subject=[subject]))
     rows = rows.assign(end_date=pd.to_datetime(rows.end).dt.strftime("%Y-%m-%d"))
     row0 = results.sel(subject=subject)
-    st.caption(f"arm {row0.arm.item()} · site {row0.site.item()}")
+    st.caption(f"arm {given(row0.arm.item())} · site {given(row0.site.item())}")
     st.pyplot(timeline_figure(rows))
     st.dataframe(quality_shown(rows[["interval", "end_date", "status", "new_lesion_count", "new_lesion_volume_mm3", "n_candidates",
                                      "registration_quality", "from_acquisition", "to_acquisition", "message"]]),

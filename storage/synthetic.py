@@ -34,11 +34,14 @@ def _head(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def write_synthetic_store(store: str | Path, subjects: int, visits: int = 3, seed: int = 0,
                           pending_share: float = 0.0, failed_share: float = 0.0, arms: tuple[str, ...] = ("placebo", "active"),
-                          rates: tuple[float, ...] = (3.0, 1.0), sites: int = 3, reoriented_share: float = 0.0) -> Path:
+                          rates: tuple[float, ...] = (3.0, 1.0), sites: int = 3, reoriented_share: float = 0.0,
+                          trial_facts: bool = True) -> Path:
     """Write `subjects` x `visits` drawn results into a new store; returns its path.
 
     A `reoriented_share` of visits are recorded as sagittal slices instead of axial ones, so
-    their intervals differ in acquisition.
+    their intervals differ in acquisition. Without `trial_facts`, scans have no arm, site or
+    date, as from a manifest without those columns or a public dataset's patient folders (the
+    draws are the same).
     """
     rng = np.random.default_rng(seed)
     store = Path(store)
@@ -56,7 +59,9 @@ def write_synthetic_store(store: str | Path, subjects: int, visits: int = 3, see
             # Drawn only when asked for, so stores made without it keep their draws.
             orientation = "ASR" if reoriented_share and rng.random() < reoriented_share else "RAS"
             rows.append({"subject": subject, "visit": f"{v + 1:02d}", "sha256": f"{index:060d}{v:04d}", "source_path": "",
-                         "orientation": orientation, "spacing": list(SPACING), "acquired_on": when.isoformat(), "arm": arm, "site": site})
+                         "orientation": orientation, "spacing": list(SPACING),
+                         **({"acquired_on": when.isoformat(), "arm": arm, "site": site} if trial_facts
+                            else {"acquired_on": None, "arm": None, "site": None})})
         for v in range(1, visits):
             a, b = f"{v:02d}", f"{v + 1:02d}"
             draw = rng.random()

@@ -235,3 +235,33 @@ def test_the_cli_refuses_a_missing_store(tmp_path, capsys):
 
     assert main(["dashboard", str(tmp_path / "nope.zarr")]) == 2
     assert "no msnl store here" in capsys.readouterr().err
+
+
+def test_a_store_without_arms_sites_or_dates_says_so_on_every_page(tmp_path, monkeypatch):
+    """As from a manifest without those columns, or a public dataset's patient folders."""
+    store = write_synthetic_store(tmp_path / "bare.zarr", 4, seed=3, trial_facts=False)
+    assert set(open_results(store).arm.values) == {""}
+    at = run_app(store, "overview", monkeypatch)
+    assert_clean(at)
+    assert at.multiselect(key="arms").options == ["not given"] and at.multiselect(key="sites").options == ["not given"]
+    counts = [d.value for d in at.dataframe if "all" in d.value.columns][0]
+    assert list(counts.index) == ["not given", "all"]
+    at = run_app(store, "endpoints", monkeypatch)
+    assert_clean(at)
+    assert "add an `arm` column to participants.tsv or to the manifest" in shown_text(at)
+    assert set(next(d.value for d in at.dataframe if "n_patients" in d.value.columns).arm) == {"not given"}
+    per_patient = next(d.value for d in at.dataframe if "follow_up_days" in d.value.columns)
+    assert set(per_patient.arm) == set(per_patient.site) == {"not given"}
+    at = run_app(store, "patient", monkeypatch)
+    assert_clean(at)
+    assert "arm not given · site not given" in shown_text(at)
+
+
+def test_missing_facts_are_named_in_the_figures():
+    from dashboard.plots import given, timeline_figure
+
+    assert [given(v) for v in ("", None, float("nan"), "placebo")] == ["not given", "not given", "not given", "placebo"]
+    rows = pd.DataFrame({"interval": ["1->2"], "end_date": [np.nan], "new_lesion_count": [3],
+                         "new_lesion_volume_mm3": [40.0], "status": ["ok"]})
+    labels = [t.get_text() for t in timeline_figure(rows).axes[0].get_xticklabels()]
+    assert labels == ["1->2\nno date"]
