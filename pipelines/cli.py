@@ -311,13 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
         "least 10% of its voxels are predicted, a predicted lesion is true when at least 10% of its voxels "
         "are in the truth; lesions under 3 mm³ are not scored; 26-connectivity. On lesion-free pairs, the "
         "number and volume of false-positive lesions. A prediction on another grid is resampled onto the "
-        "truth's through world coordinates (nearest neighbour). Truth in the Lesjak longitudinal form (the "
-        "dataset's folder, a patient folder or its newlesions.nii.gz) lies on a common grid a few mm from "
-        "visit 2's: it is brought onto the prediction's grid through the patient's "
-        "study2_FLAIR_to_common_space.txt, and matched to sub-<patient>_ses-2 masks (as `msnl export` names them).",
+        "truth's through world coordinates (nearest neighbour). TRUTH may also be a public dataset's folder of "
+        "patient folders, one patient folder or its truth file: Lesjak (newlesions.nii.gz) or MSSEG-2 "
+        "(ground_truth.nii.gz), matched to the sub-<patient>_ses-<visit 2> masks `msnl export` writes. Lesjak "
+        "truth lies on a common grid a few mm from visit 2's, and is brought onto the prediction's grid through "
+        "the patient's study2_FLAIR_to_common_space.txt.",
     )
     p.add_argument("pred", help="a NIfTI mask, or a folder of BIDS-named masks (sub-<id>_ses-<id>_...)")
-    p.add_argument("truth", help="the same, for the truth, matched by subject and session; or Lesjak-form truth")
+    p.add_argument("truth", help="the same, for the truth, matched by subject and session; or a Lesjak or MSSEG-2 folder")
     p.add_argument("--desc", metavar="LABEL", default=None,
                    help="in folders, use only masks named with desc-LABEL, e.g. --desc newlesions for a simulated "
                    "cohort's derivatives/msnl-simulate, which also holds each visit's desc-lesions mask")

@@ -11,18 +11,19 @@ import numpy as np
 from msnl.errors import InputError
 from msnl.metrics import score_lesions
 from msnl.resample import resample_labels
-from storage.lesjak import lesjak_truths
-from storage.masks import find_masks, read_mask
+from storage.masks import dataset_truths, find_masks, read_mask
 
 
 def evaluate(pred: str | Path, truth: str | Path, desc: str | None = None) -> dict:
     """Scores of every prediction against its truth; in folders, only masks with `desc-<desc>`
-    in their names when `desc` is given. Truth in the Lesjak longitudinal form (a dataset
-    folder, a patient folder or its newlesions.nii.gz) is brought onto the prediction's grid
-    through the patient's transform to visit 2, as `msnl train` and the benchmarks do."""
-    lesjak = lesjak_truths(truth)
-    truths = {k: mask for k, (mask, _) in lesjak.items()} if lesjak else find_masks(truth, desc)
-    transforms = {mask: transform for mask, transform in lesjak.values()} if lesjak else {}
+    in their names when `desc` is given. Truth of a public dataset's patient folders (Lesjak,
+    MSSEG-2: the dataset's folder, a patient folder or its truth file) is matched to the
+    `sub-<patient>_ses-<visit>` masks `msnl export` writes; Lesjak truth is brought onto the
+    prediction's grid through the patient's transform to visit 2, as `msnl train` and the
+    benchmarks do."""
+    dataset = dataset_truths(truth)
+    truths = {k: mask for k, (mask, _) in dataset.items()} if dataset else find_masks(truth, desc)
+    transforms = {mask: transform for mask, transform in dataset.values() if transform} if dataset else {}
     preds = find_masks(pred, desc)
     if len(preds) == 1 and len(truths) == 1:
         pairs = [(next(iter(preds)), next(iter(preds.values())), next(iter(truths.values())))]
@@ -79,7 +80,8 @@ def format_report(report: dict) -> str:
               f"mean Dice (pairs with lesions): {s['mean_dice']:.3f}",
               f"lesion-wise: sensitivity {s['lesion_sensitivity']:.3f}, PPV {s['lesion_ppv']:.3f}, F1 {s['lesion_f1']:.3f}",
               f"lesion-free pairs: {s['fp_lesions_per_lesion_free_pair']:.2f} FP lesions and "
-              f"{s['fp_volume_mm3_per_lesion_free_pair']:.1f} mm³ per pair"]
+              f"{s['fp_volume_mm3_per_lesion_free_pair']:.1f} mm³ per pair" if s["lesion_free_pairs"]
+              else "lesion-free pairs: none, so no false-positive count"]
     return "\n".join(lines)
 
 

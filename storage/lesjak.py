@@ -27,25 +27,6 @@ class LesjakPair:
 
 NEW_LESIONS = "newlesions.nii.gz"
 VISIT2_TO_COMMON = "study2_FLAIR_to_common_space.txt"
-TRUTH_SESSION = "2"  # the visit of study2_FLAIR, as `msnl ingest` names it
-
-
-def lesjak_truths(path: str | Path) -> dict[tuple[str, str], tuple[Path, Path]] | None:
-    """(patient, "2") -> (new-lesion mask, the transform from its common grid to visit 2's
-    space) for a Lesjak longitudinal dataset folder, one of its patient folders, or a
-    patient's newlesions.nii.gz; None for anything else. The truth's common grid is not visit
-    2's scanner space (a few degrees and millimetres apart), so it is only comparable to a
-    prediction through that transform."""
-    path = Path(path)
-    if path.is_file():
-        folders = [path.parent] if path.name == NEW_LESIONS else []
-    elif (path / NEW_LESIONS).exists():
-        folders = [path]
-    else:
-        folders = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
-    found = {(f.name, TRUTH_SESSION): (f / NEW_LESIONS, f / VISIT2_TO_COMMON)
-             for f in folders if (f / NEW_LESIONS).exists() and (f / VISIT2_TO_COMMON).exists()}
-    return found or None
 
 
 def _labels(path: Path) -> LabelMap:

@@ -1,4 +1,5 @@
-"""Finding mask files: one NIfTI, or a folder of BIDS-named masks matched by subject and session."""
+"""Finding mask files: one NIfTI, a folder of BIDS-named masks matched by subject and session,
+or the truth of a public longitudinal dataset's patient folders (Lesjak, MSSEG-2)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,43 @@ import numpy as np
 
 from msnl.errors import InputError
 from msnl.scan import LabelMap
+from storage.lesjak import NEW_LESIONS, VISIT2_TO_COMMON
+from storage.manifest import PAIR_FOLDER_FORMS
 
 _ENTITIES = re.compile(r"sub-(?P<subject>[A-Za-z0-9]+)(?:_ses-(?P<session>[A-Za-z0-9]+))?")
+
+
+# The new-lesion truth in a patient folder of a public longitudinal dataset (`PAIR_FOLDER_FORMS`):
+# its file, the session it belongs to (the second visit, as `msnl ingest` names it), and the
+# transform from its grid to visit 2's space, or None when it lies on the FLAIRs' own grid.
+DATASET_TRUTHS = {
+    "Lesjak longitudinal": (NEW_LESIONS, PAIR_FOLDER_FORMS["Lesjak longitudinal"][1][0], VISIT2_TO_COMMON),  # a common grid
+    "MSSEG-2": ("ground_truth.nii.gz", PAIR_FOLDER_FORMS["MSSEG-2"][1][0], None),  # the middle space of both FLAIRs
+}
+
+
+def dataset_truths(path: str | Path) -> dict[tuple[str, str], tuple[Path, Path | None]] | None:
+    """(patient, session) -> (new-lesion mask, transform from its grid to visit 2's space, or
+    None) for a dataset folder of patient folders in a form of `DATASET_TRUTHS`, one such
+    patient folder, or the truth file in one; None for anything else."""
+    path = Path(path)
+    names = {name for name, _, _ in DATASET_TRUTHS.values()}
+    if path.is_file():
+        folders = [path.parent] if path.name in names else []
+    elif any((path / name).exists() for name in names):
+        folders = [path]
+    else:
+        folders = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    found = {}
+    for folder in folders:
+        for name, session, transform in DATASET_TRUTHS.values():
+            if (folder / name).exists():
+                if transform is not None and not (folder / transform).exists():
+                    raise InputError(f"holds {name} but not {transform}: its truth lies on a grid of its own, "
+                                     f"which only that transform relates to visit 2's. Restore the file.", folder)
+                found[(folder.name, session)] = (folder / name, folder / transform if transform else None)
+                break
+    return found or None
 
 
 def find_masks(path: str | Path, desc: str | None = None) -> dict[tuple[str, str], Path]:

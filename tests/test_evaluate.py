@@ -32,6 +32,7 @@ def test_single_files_and_json(tmp_path, capsys):
     assert main(["evaluate", str(pred), str(truth)]) == 0
     out = capsys.readouterr().out
     assert "sensitivity 0.500, PPV 1.000, F1 0.667" in out
+    assert "lesion-free pairs: none, so no false-positive count" in out and "nan" not in out
     assert main(["evaluate", "--json", str(pred), str(truth)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["summary"]["lesion_f1"] == pytest.approx(2 / 3)
@@ -120,3 +121,24 @@ def test_missing_predictions_and_bad_weights_are_clear_errors(tmp_path, capsys):
         load_weights(bad)
     with pytest.raises(InputError, match="no such weights file"):
         load_weights(tmp_path / "none.pt")
+
+
+def test_msseg2_truth_is_matched_by_patient_and_scored_on_its_own_grid(tmp_path, capsys):
+    truth = _cube((20, 20, 20), np.s_[3:7, 3:7, 3:7], np.s_[12:16, 12:16, 12:16])
+    _save(tmp_path / "msseg2/013/ground_truth.nii.gz", truth)
+    _save(tmp_path / "msseg2/015/ground_truth.nii.gz", np.zeros((20, 20, 20), bool))  # lesion-free
+    _save(tmp_path / "out/sub-013/ses-02/sub-013_ses-02_desc-newlesions_mask.nii.gz", _cube((20, 20, 20), np.s_[3:7, 3:7, 3:7]))
+    _save(tmp_path / "out/sub-015/ses-02/sub-015_ses-02_desc-newlesions_mask.nii.gz", np.zeros((20, 20, 20), bool))
+    assert main(["evaluate", "--json", str(tmp_path / "out"), str(tmp_path / "msseg2")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(p["subject"], p["session"], p["resampled"], p["detected"], p["truth_lesions"]) for p in report["pairs"]] == [
+        ("013", "02", None, 1, 2), ("015", "02", None, 0, 0)]
+    assert report["summary"]["lesion_free_pairs"] == 1
+
+
+def test_lesjak_truth_without_its_transform_is_a_clear_error(tmp_path, capsys):
+    _save(tmp_path / "lesjak/patient01/newlesions.nii.gz", _cube((8, 8, 8), np.s_[2:4, 2:4, 2:4]))
+    _save(tmp_path / "pred.nii.gz", _cube((8, 8, 8)))
+    assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "lesjak")]) == 2
+    err = capsys.readouterr().err
+    assert "patient01: holds newlesions.nii.gz but not study2_FLAIR_to_common_space.txt" in err and "Restore the file" in err
