@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train the patch CNN (or fine-tune it with --init) on labelled pairs",
         description="Run step one on every pair of the SOURCES (simulated BIDS cohorts with truth under "
-        "derivatives/msnl-simulate, or real pairs in the Lesjak form), then train the patch CNN with the "
+        "derivatives/msnl-simulate, or real pairs in Lesjak or MSSEG-2 patient folders), then train the patch CNN with the "
         "paper's sampling and schedule. Writes the weights, with the seed and the data in their metadata, "
         "and a loss curve beside them. Step-one results are kept in --work, so a re-run starts training at once.",
     )

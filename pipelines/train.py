@@ -19,7 +19,7 @@ from pipelines.ingest import run_ingest
 from pipelines.progress import dask_progress, progress_bar
 from pipelines.threads import capped_threads, process_options, usable_cpus
 from storage.pairs import process_pair
-from storage.training_data import TrainingPair, is_lesjak, lesjak_manifest, training_pairs, work_store
+from storage.training_data import TrainingPair, training_pairs, work_store
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ def prepare_pairs(sources: list[Path], work: Path, cfg: StepOneConfig | None = N
     for source in sources:
         source = Path(source)
         store = work_store(work, source)
-        ingest_from = lesjak_manifest(source, work) if is_lesjak(source) else source
-        summary = run_ingest(ingest_from, store, progress=False)
+        summary = run_ingest(source, store, progress=False)
         if summary.failed:
             log.warning("%s: %d scans failed to ingest; their pairs are left out", source, summary.failed)
         pairs += [p for p in training_pairs(source, store) if p.subject not in exclude]

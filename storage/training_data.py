@@ -1,10 +1,10 @@
 """Training sources for the CNN: simulated BIDS cohorts (truth under derivatives/) and real
-pairs in the Lesjak longitudinal form. Each becomes a work store of ingested scans and a list
-of visit pairs whose new-lesion truth can be read on visit 2's grid."""
+pairs in the patient folders of a public longitudinal dataset (Lesjak, MSSEG-2). Each becomes
+a work store of ingested scans and a list of visit pairs whose new-lesion truth can be read on
+visit 2's grid."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from msnl.resample import resample_labels
 from msnl.scan import LabelMap
 from storage.bids import DERIVATIVES, truth_path
 from storage.manifest import read_source
+from storage.masks import dataset_truths
 from storage.pairs import read_candidates, read_pair_array, read_pair_attrs
 
 
@@ -40,51 +41,41 @@ class TrainingPair:
         return f"{Path(self.source).name}:{self.subject}:{self.from_visit}-{self.to_visit}"
 
 
-def is_lesjak(folder: Path) -> bool:
-    return any((p / "study1_FLAIR.nii.gz").exists() for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else False
-
-
 def work_store(work: Path, source: Path) -> Path:
     digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:10]
     return work / f"{source.name}-{digest}.zarr"
 
 
-def lesjak_manifest(folder: Path, work: Path, patients: list[str] | None = None) -> Path:
-    """A CSV manifest of a Lesjak folder's pairs (patient -> visits 1 and 2)."""
-    rows = []
-    for patient in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "study1_FLAIR.nii.gz").exists()):
-        if patients is None or patient.name in patients:
-            rows += [(patient.name, str(v), str((patient / f"study{v}_FLAIR.nii.gz").resolve())) for v in (1, 2)]
-    manifest = work / f"{folder.name}-manifest.csv"
-    work.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["subject", "visit", "path"])
-        writer.writerows(rows)
-    return manifest
+def _visits(source: Path) -> dict[str, list[str]]:
+    """Each subject's visits in the source, in order."""
+    visits: dict[str, list[str]] = {}
+    for r in read_source(source)[0]:
+        visits.setdefault(r.subject, []).append(r.visit)
+    return {subject: sorted(vs) for subject, vs in visits.items()}
 
 
 def training_pairs(source: Path, store: Path) -> list[TrainingPair]:
     """Consecutive visit pairs of a source, with their truth files."""
-    if is_lesjak(source):
-        return [
-            TrainingPair(str(store), p.name, "1", "2", str(p / "newlesions.nii.gz"),
-                         str(p / "study2_FLAIR_to_common_space.txt"), str(source))
-            for p in sorted(source.iterdir()) if (p / "newlesions.nii.gz").exists()
-        ]
+    truths = dataset_truths(source)
+    if truths:  # each patient's truth belongs to its second visit
+        visits = _visits(source)
+        pairs = []
+        for (patient, visit), (truth, transform) in sorted(truths.items()):
+            earlier = [v for v in visits.get(patient, []) if v < visit]
+            if earlier:
+                pairs.append(TrainingPair(str(store), patient, earlier[-1], visit, str(truth),
+                                          str(transform) if transform else None, str(source)))
+        return pairs
     if not (source / DERIVATIVES).exists():
         raise InputError(
-            f"has no truth under {DERIVATIVES}. Expected a cohort from `msnl simulate`, or real pairs in the "
-            "Lesjak form (patient folders with study1_FLAIR.nii.gz, study2_FLAIR.nii.gz, newlesions.nii.gz).",
+            f"has no truth under {DERIVATIVES}. Expected a cohort from `msnl simulate`, or real pairs in "
+            "patient folders of the Lesjak form (study1_FLAIR.nii.gz, study2_FLAIR.nii.gz, newlesions.nii.gz, "
+            "study2_FLAIR_to_common_space.txt) or the MSSEG-2 form (flair_time01_on_middle_space.nii.gz, "
+            "flair_time02_on_middle_space.nii.gz, ground_truth.nii.gz).",
             source,
         )
-    records, _ = read_source(source)
-    visits: dict[str, list[str]] = {}
-    for r in records:
-        visits.setdefault(r.subject, []).append(r.visit)
     pairs = []
-    for subject, vs in sorted(visits.items()):
-        vs = sorted(vs)
+    for subject, vs in sorted(_visits(source).items()):
         for a, b in zip(vs, vs[1:]):
             truth = truth_path(source, subject, b, "newlesions")
             if truth.exists():

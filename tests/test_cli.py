@@ -139,7 +139,6 @@ def test_train_excluded_subjects_never_reach_step_one(tmp_path, monkeypatch):
     import pipelines.train as train_module
 
     stepped, seen = [], {}
-    monkeypatch.setattr(train_module, "is_lesjak", lambda source: False)
     monkeypatch.setattr(train_module, "run_ingest", lambda *args, **kwargs: SimpleNamespace(failed=0))
     monkeypatch.setattr(train_module, "training_pairs",
                         lambda source, store: [SimpleNamespace(subject=s, name=s) for s in ("patient01", "patient12")])

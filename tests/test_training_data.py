@@ -1,4 +1,5 @@
-"""Training sources: simulated cohorts and Lesjak-form real pairs become pairs with truth."""
+"""Training sources: simulated cohorts and real pairs in the Lesjak and MSSEG-2 forms become
+pairs with truth."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from msnl.resample import resample_labels
 from msnl.scan import LabelMap
 from msnl.simulate import SimOptions
 from pipelines.simulate import run_simulate
-from storage.training_data import is_lesjak, lesjak_manifest, read_truth, training_pairs
+from storage.training_data import read_truth, training_pairs
 
 
 def test_simulated_cohort_gives_consecutive_pairs_with_truth_on_visit_2s_grid(tmp_path):
@@ -33,11 +34,9 @@ def test_a_folder_without_truth_is_refused(tmp_path):
 
 
 def test_lesjak_pairs_and_their_truth(longitudinal, tmp_path):
-    assert is_lesjak(longitudinal)
-    manifest = lesjak_manifest(longitudinal, tmp_path)
-    assert manifest.read_text().splitlines()[0] == "subject,visit,path"
     pairs = training_pairs(longitudinal, tmp_path / "s.zarr")
-    assert [p.subject for p in pairs] == ["patient01", "patient12"]
+    assert [(p.subject, p.from_visit, p.to_visit) for p in pairs] == [("patient01", "1", "2"), ("patient12", "1", "2")]
+    assert pairs[0].transform == str(longitudinal / "patient01" / "study2_FLAIR_to_common_space.txt")
     study2 = nib.load(longitudinal / "patient01" / "study2_FLAIR.nii.gz")
     truth = read_truth(pairs[0], LabelMap(np.zeros(study2.shape, bool), study2.affine))
     common = nib.load(longitudinal / "patient01" / "newlesions.nii.gz")
@@ -49,3 +48,17 @@ def test_lesjak_pairs_and_their_truth(longitudinal, tmp_path):
     back = resample_labels(LabelMap(truth.astype(np.uint8), study2.affine),
                            LabelMap(np.zeros(common.shape, bool), common.affine), pairs[0].transform)
     assert dice(back.data > 0, np.asarray(common.dataobj) > 0) > 0.6
+
+
+def test_msseg2_patient_folders_give_pairs_whose_truth_is_on_visit_2s_own_grid(tmp_path, make_nifti):
+    for patient in ("013", "015"):
+        for name in ("flair_time01_on_middle_space.nii.gz", "flair_time02_on_middle_space.nii.gz"):
+            make_nifti(f"msseg2/{patient}/{name}")
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[4:7, 4:7, 4:7] = 1
+    make_nifti("msseg2/013/ground_truth.nii.gz", data=truth, affine=np.eye(4))
+    make_nifti("msseg2/015/ground_truth.nii.gz", data=np.zeros_like(truth), affine=np.eye(4))
+    pairs = training_pairs(tmp_path / "msseg2", tmp_path / "s.zarr")
+    assert [(p.subject, p.from_visit, p.to_visit, p.transform) for p in pairs] == [("013", "01", "02", None), ("015", "01", "02", None)]
+    on_grid = read_truth(pairs[0], LabelMap(np.zeros((12, 12, 12), bool), np.eye(4)))
+    assert on_grid.sum() == 27 and on_grid[5, 5, 5]
