@@ -111,7 +111,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.train import cnn_config, collect, prepare_pairs, step_one_config, train_and_save
+    from pipelines.train import check_trainable, cnn_config, collect, prepare_pairs, step_one_config, train_and_save
 
     base = None
     step_one = step_one_config(args.step_one)
@@ -124,6 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     pairs = prepare_pairs([Path(s) for s in args.sources], Path(args.work), step_one, workers=args.workers,
                           exclude=set(args.exclude))
     data = collect(pairs, flair_input=cfg.flair_input, context_voxels=cfg.context_voxels)
+    check_trainable(data, [Path(s) for s in args.sources])
     histories = train_and_save(data, Path(args.out), cfg, args.seed, Path(args.init) if args.init else None)
     losses = ", ".join(f"{h[0]:.4f} -> {h[-1]:.4f}" for h in histories)
     print(f"train: weights written to {args.out} (loss {losses}); "

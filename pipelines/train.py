@@ -15,6 +15,7 @@ from pathlib import Path
 import dask
 
 from msnl.config import StepOneConfig
+from msnl.errors import InputError
 from pipelines.ingest import run_ingest
 from pipelines.progress import dask_progress, progress_bar
 from pipelines.threads import capped_threads, process_options, usable_cpus
@@ -129,6 +130,24 @@ def collect(pairs: list[TrainingPair], *, flair_input: str, context_voxels: int 
         print(f"train: {len(data)} patches from {len(pairs)} pairs: {tp} TP ({own} with truth in their own "
               f"candidate), {len(data) - tp} FP, {int(sum(data.infratentorial))} infratentorial")
     return data
+
+
+def check_trainable(data, sources: list[Path]) -> None:
+    """Refuse, with what to do, training data without TP or without FP patches: the paper's
+    batches draw both in equal numbers."""
+    tp = int(data.is_tp.sum())
+    fp = len(data) - tp
+    if tp and fp:
+        return
+    names = ", ".join(str(s) for s in sources)
+    if not len(data):
+        raise InputError(f"step one left no usable pair with truth in {names}: nothing to train on. Check the "
+                         "warnings above for pairs left out, and that each source holds labelled pairs.")
+    missing = "TP patches (no step-one candidate holds a truth voxel)" if not tp else "FP patches"
+    raise InputError(f"the {len(set(data.sources))} training pair(s) of {names} give {tp} TP and {fp} FP patches: "
+                     f"training needs both, and there are no {missing}. Add labelled pairs with new lesions "
+                     "(a simulated cohort from `msnl simulate` has them), and check that each truth mask is "
+                     "that pair's new lesions at its later visit.")
 
 
 def checkpoint_path(out: Path) -> Path:

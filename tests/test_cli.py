@@ -54,6 +54,7 @@ def test_fine_tuning_trains_with_the_init_weights_config(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "prepare_pairs", lambda *args, **kwargs: [])
     monkeypatch.setattr(train_module, "collect", collect)
+    monkeypatch.setattr(train_module, "check_trainable", lambda data, sources: None)
     monkeypatch.setattr(train_module, "train_and_save", train_and_save)
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "t.pt"), "--init", str(init), "--option", "epochs=2"]) == 0
     assert seen["flair_input"] == "intensities"  # not the default grey levels
@@ -113,6 +114,7 @@ def test_step_one_options_reach_step_one_and_are_checked_before_any_work(tmp_pat
     monkeypatch.setattr(run_module, "run_cohort", run_cohort)
     monkeypatch.setattr(train_module, "prepare_pairs", prepare_pairs)
     monkeypatch.setattr(train_module, "collect", lambda pairs, **kwargs: None)
+    monkeypatch.setattr(train_module, "check_trainable", lambda data, sources: None)
     monkeypatch.setattr(train_module, "train_and_save", lambda *args, **kwargs: [[1.0]])
     assert main(["run", str(tmp_path), str(store), "-q", "--step-one", "patch_padding_voxels=3"]) == 0
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--step-one", "opening_radius_mm=0",
@@ -157,6 +159,7 @@ def test_train_excluded_subjects_never_reach_step_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "prepare_pairs", prepare_pairs)
     monkeypatch.setattr(train_module, "collect", lambda pairs, **kwargs: None)
+    monkeypatch.setattr(train_module, "check_trainable", lambda data, sources: None)
     monkeypatch.setattr(train_module, "train_and_save", lambda *args, **kwargs: [[1.0]])
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--exclude", "patient01"]) == 0
     assert seen["exclude"] == {"patient01"}
@@ -283,3 +286,25 @@ def test_printed_commands_use_the_path_msnl_was_started_by_when_path_does_not_re
     assert _msnl_command() == "msnl"
     monkeypatch.setattr("sys.argv", ["/usr/lib/python3/pytest", "demo"])  # not the console script
     assert _msnl_command() == "msnl"
+
+
+def test_training_data_without_tp_or_without_any_patch_is_a_clear_error_before_training(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    import pipelines.train as train_module
+    from msnl.training import TrainingSet
+
+    fp_only = TrainingSet()
+    for i in range(3):
+        fp_only.add(np.zeros((2, 4, 4, 4), np.float32), np.zeros((4, 4, 4), bool), False, f"src:p{i}:01-02", False)
+    trained = []
+    monkeypatch.setattr(train_module, "prepare_pairs", lambda *args, **kwargs: [])
+    monkeypatch.setattr(train_module, "train_and_save", lambda *args, **kwargs: trained.append(1))
+    for data, says in ((fp_only, "the 3 training pair(s) of"), (TrainingSet(), "step one left no usable pair")):
+        monkeypatch.setattr(train_module, "collect", lambda pairs, data=data, **kwargs: data)
+        assert main(["train", str(tmp_path), "--out", str(tmp_path / "w.pt"), "--work", str(tmp_path / "work")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+        if data is fp_only:
+            assert "give 0 TP and 3 FP patches" in err and "no TP patches" in err
+    assert not trained
