@@ -165,9 +165,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.intervals:
         results = open_results(args.store)
         if not args.quiet:
-            print(results[["new_lesion_count", "new_lesion_volume_mm3", "status"]].to_dataframe().to_string())
+            print(_results_table(results).to_string())
         _print_acquisition_changes("run", results)
     return 1 if summary.failed else 0
+
+
+def _results_table(results):
+    """The run's endpoints per interval, with the trial facts (dates, arm, site) the source
+    gave: a column no interval has a value in is left out, as for patient folders."""
+    table = results[["new_lesion_count", "new_lesion_volume_mm3", "status"]].to_dataframe()
+    given = [name for name, column in table.items() if (column.notna() & (column.astype(str) != "")).any()]
+    return table[given]
 
 
 def _print_acquisition_changes(command: str, results) -> None:

@@ -308,3 +308,18 @@ def test_training_data_without_tp_or_without_any_patch_is_a_clear_error_before_t
         if data is fp_only:
             assert "give 0 TP and 3 FP patches" in err and "no TP patches" in err
     assert not trained
+
+
+@pytest.mark.parametrize("trial_facts", [True, False])
+def test_run_summary_shows_the_trial_facts_the_source_gave_and_no_empty_columns(tmp_path, capsys, monkeypatch, trial_facts):
+    import pipelines.run as run_module
+    from pipelines.run import RunSummary
+    from storage.synthetic import write_synthetic_store
+
+    store = write_synthetic_store(tmp_path / "store.zarr", 3, seed=1, trial_facts=trial_facts)
+    monkeypatch.setattr(run_module, "run_cohort", lambda source, store, **kwargs: RunSummary(6, 6, 0, []))
+    assert main(["run", str(tmp_path), str(store)]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if "new_lesion_count" in line).split()
+    assert header[:3] == ["new_lesion_count", "new_lesion_volume_mm3", "status"]
+    assert {"start", "end", "arm", "site", "interval_days"} <= set(header) if trial_facts else \
+        not {"start", "end", "arm", "site", "interval_days"} & set(header)
