@@ -11,7 +11,7 @@ import numpy as np
 from msnl.errors import InputError
 from msnl.metrics import score_lesions
 from msnl.resample import resample_labels
-from storage.masks import dataset_truths, find_masks, read_mask
+from storage.masks import dataset_truth_forms, dataset_truths, find_masks, read_mask
 
 
 def evaluate(pred: str | Path, truth: str | Path, desc: str | None = None) -> dict:
@@ -22,7 +22,7 @@ def evaluate(pred: str | Path, truth: str | Path, desc: str | None = None) -> di
     prediction's grid through the patient's transform to visit 2, as `msnl train` and the
     benchmarks do."""
     dataset = dataset_truths(truth)
-    truths = {k: mask for k, (mask, _) in dataset.items()} if dataset else find_masks(truth, desc)
+    truths = {k: mask for k, (mask, _) in dataset.items()} if dataset else find_masks(truth, desc, also=dataset_truth_forms())
     transforms = {mask: transform for mask, transform in dataset.values() if transform} if dataset else {}
     preds = find_masks(pred, desc)
     if len(preds) == 1 and len(truths) == 1:

@@ -50,15 +50,22 @@ def dataset_truths(path: str | Path) -> dict[tuple[str, str], tuple[Path, Path |
     return found or None
 
 
-def find_masks(path: str | Path, desc: str | None = None) -> dict[tuple[str, str], Path]:
+def dataset_truth_forms() -> str:
+    """The public datasets' truth forms `dataset_truths` reads, for messages."""
+    return " or ".join(f"{form} ({name})" for form, (name, _, _) in DATASET_TRUTHS.items()) + " patient folders"
+
+
+def find_masks(path: str | Path, desc: str | None = None, also: str = "") -> dict[tuple[str, str], Path]:
     """(subject, session) -> mask file. A single file maps from ("", ""). In a folder, `desc`
     keeps only the masks named with that BIDS `desc-` label (a simulated cohort's derivatives
-    hold both `desc-lesions` and `desc-newlesions` masks)."""
+    hold both `desc-lesions` and `desc-newlesions` masks). `also` names other forms the caller
+    accepts, for the messages when there is no mask."""
     path = Path(path)
     if path.is_file():
         return {("", ""): path}
     if not path.is_dir():
-        raise InputError("does not exist. Give a NIfTI mask or a folder of BIDS-named masks.", path)
+        forms = f"a NIfTI mask, a folder of BIDS-named masks, or a folder of {also}" if also else "a NIfTI mask or a folder of BIDS-named masks"
+        raise InputError(f"does not exist. Give {forms}.", path)
     found: dict[tuple[str, str], Path] = {}
     for f in sorted(path.rglob("*.nii*")):
         m = _ENTITIES.search(f.name)
@@ -71,7 +78,7 @@ def find_masks(path: str | Path, desc: str | None = None) -> dict[tuple[str, str
         found[key] = f
     if not found:
         which = "BIDS-named masks" if desc is None else f"BIDS-named masks with desc-{desc}"
-        raise InputError(f"holds no {which} (sub-<id>[_ses-<id>]_..._mask.nii.gz).", path)
+        raise InputError(f"holds no {which} (sub-<id>[_ses-<id>]_..._mask.nii.gz)" + (f", and no {also}" if also else "") + ".", path)
     return found
 
 

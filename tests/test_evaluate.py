@@ -142,3 +142,15 @@ def test_lesjak_truth_without_its_transform_is_a_clear_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "lesjak")]) == 2
     err = capsys.readouterr().err
     assert "patient01: holds newlesions.nii.gz but not study2_FLAIR_to_common_space.txt" in err and "Restore the file" in err
+
+
+def test_truth_that_holds_nothing_to_score_names_every_truth_form(tmp_path, capsys):
+    _save(tmp_path / "pred/sub-01_ses-02_mask.nii.gz", _cube((8, 8, 8)))
+    (tmp_path / "truth/patient01").mkdir(parents=True)  # e.g. a dataset folder whose truth files were left behind
+    for truth, said in ((tmp_path / "truth", "holds no BIDS-named masks"), (tmp_path / "nowhere", "does not exist")):
+        assert main(["evaluate", str(tmp_path / "pred"), str(truth)]) == 2
+        err = capsys.readouterr().err
+        assert f"{truth}: {said}" in err
+        assert "Lesjak longitudinal (newlesions.nii.gz) or MSSEG-2 (ground_truth.nii.gz) patient folders" in err
+    assert main(["evaluate", str(tmp_path / "nowhere"), str(tmp_path / "pred")]) == 2  # predictions come from msnl export
+    assert "Give a NIfTI mask or a folder of BIDS-named masks." in capsys.readouterr().err
