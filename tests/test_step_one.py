@@ -104,6 +104,22 @@ def test_match_resolution_leaves_visit_two_alone_below_the_ratio():
         np.testing.assert_array_equal(matched.data, fine.data)
 
 
+def test_match_resolution_counts_a_tilt_between_the_visits_slices_which_the_review_flag_does_not():
+    # Real patient01: axial 4 mm slices, then axial 3 mm slices tilted 9.5 degrees from them.
+    from msnl.qc import resolution_ratio
+
+    fine = Scan(_impulse().data, np.diag([0.72, 0.72, 3.0, 1.0]))
+    tilt = np.radians(9.5)
+    rotation = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    coarse = np.eye(4)
+    coarse[:3, :3] = rotation @ np.diag([0.72, 0.72, 4.0])
+    matched = match_resolution(fine, Scan(np.zeros((4, 4, 4), np.float32), coarse), 1.5)
+    # 4 mm tilted by 9.5 degrees reaches 0.71 + 0.66 mm along y: about 1.9 voxels of 0.72 mm
+    assert matched.data[4, 3, 4] > 0 and matched.data[4, 4, 4] < 90.0
+    assert matched.data[3, 4, 4] == matched.data[4, 4, 3] == 0  # x: no reach; z: 4.07 mm over 3 mm is under 1.5
+    assert resolution_ratio("LPS", (0.72, 0.72, 4.0), "LPS", (0.72, 0.72, 3.0)) == pytest.approx(4 / 3)
+
+
 def test_resolution_matching_is_off_by_default_and_keeps_the_results_keys():
     import hashlib
     import json
