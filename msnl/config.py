@@ -83,9 +83,11 @@ class StepOneConfig(_Serialisable):
     # this many times further than the other's along one of the other's axes (thick slices
     # across a direction the other visit resolves), box-average the other along it over that
     # reach, so tissue that one visit resolves and the other blurs does not look new or gone.
-    # A tilt between the visits' grids counts: thick slices tilted 9.5 degrees (real patient01)
-    # reach 1.9 in-plane voxels, so this acts on pairs that msnl.qc's resolution_ratio, which
-    # ignores tilt, leaves under its review limit. docs/benchmarks.md has figures with and without.
+    # The reach is measured between the two headers, before registration, so a head that lies
+    # tilted differently in the scanner counts as tilted slices even where registration lines
+    # the slice stacks up: real patient01's grids are 9.5 degrees apart (ratio 1.87 in plane),
+    # its registered slices 2.6 (1.35), so this blurs it at 1.5 although msnl.qc's
+    # resolution_ratio (1.33) leaves it unflagged. docs/benchmarks.md has figures with and without.
     match_resolution_ratio: float | None = None
 
     _OFF_WHEN_NONE = ("match_resolution_ratio",)

@@ -104,8 +104,9 @@ def test_match_resolution_leaves_visit_two_alone_below_the_ratio():
         np.testing.assert_array_equal(matched.data, fine.data)
 
 
-def test_match_resolution_counts_a_tilt_between_the_visits_slices_which_the_review_flag_does_not():
-    # Real patient01: axial 4 mm slices, then axial 3 mm slices tilted 9.5 degrees from them.
+def test_match_resolution_counts_a_tilt_between_the_headers_which_the_review_flag_does_not():
+    # Real patient01's headers: axial 4 mm slices, then axial 3 mm slices tilted 9.5 degrees
+    # from them (2.6 degrees once registered: the head lay differently in the scanner).
     from msnl.qc import resolution_ratio
 
     fine = Scan(_impulse().data, np.diag([0.72, 0.72, 3.0, 1.0]))
