@@ -12,7 +12,7 @@ import xarray as xr
 
 from dashboard.data import interval_geometry, load_lesions, load_results, load_runs, load_slice, store_state
 from dashboard.plots import endpoint_figure, given, slice_figure, timeline_figure
-from msnl.endpoints import cumulative, filter_results, per_arm_interval, per_patient, rate_ratios
+from msnl.endpoints import cumulative, filter_results, interval_rows, per_arm_interval, per_patient, rate_ratios
 from msnl.errors import MsnlError
 from msnl.qc import REVIEW_REGISTRATION_CORRELATION, REVIEW_RESOLUTION_RATIO, coarser_visit_one
 
@@ -71,10 +71,8 @@ def render_page(page: str, store: str, filters: Filters) -> None:
 
 def _long(results: xr.Dataset) -> pd.DataFrame:
     """The (subject, interval) grid as rows, only where a subject has that interval."""
-    frame = results.reset_coords()[["status", "message", "new_lesion_count", "new_lesion_volume_mm3",
-                                     "n_candidates", "registration_quality", "from_acquisition", "to_acquisition",
-                                     "arm", "site", "end"]].to_dataframe().reset_index()
-    return frame[frame.status.notna() & (frame.status != "")]
+    return interval_rows(results, ["message", "new_lesion_count", "new_lesion_volume_mm3", "n_candidates",
+                                   "registration_quality", "from_acquisition", "to_acquisition", "arm", "site", "end"])
 
 
 def overview(store: str, stamp: tuple, results: xr.Dataset) -> None:

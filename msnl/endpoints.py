@@ -39,6 +39,13 @@ def expected(results: xr.Dataset) -> xr.DataArray:
     return results.status.notnull() & (results.status != "")
 
 
+def interval_rows(results: xr.Dataset, names: list[str]) -> pd.DataFrame:
+    """One row per interval a subject has (the ragged grid's holes left out, as `expected`),
+    with `subject`, `interval`, `status` and the variables or coordinates in `names`."""
+    frame = results.reset_coords()[["status", *(n for n in names if n != "status")]].to_dataframe().reset_index()
+    return frame[frame.status.notna() & (frame.status != "")]
+
+
 def interval_order(results: xr.Dataset) -> list[str]:
     """Interval labels in trial order: by their median start date, then by label."""
     labels = [str(v) for v in results.interval.values]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from msnl.endpoints import interval_rows
 from msnl.errors import StoreError
 from msnl.qc import REVIEW_REGISTRATION_CORRELATION, coarser_visit_one
 from storage import open_results, run_history
@@ -38,8 +39,7 @@ def status_report(store: str | Path, failures_shown: int = 20) -> str:
     lines = [f"status: {path}"]
     if not results.sizes.get("interval"):
         return "\n".join(lines + [f"  {results.sizes.get('subject', 0)} subjects, no intervals yet (subjects need two visits)"])
-    rows = results.reset_coords()[["status", "message", "new_lesion_count", "registration_quality"]].to_dataframe().reset_index()
-    rows = rows[rows.status.notna() & (rows.status != "")]
+    rows = interval_rows(results, ["message", "new_lesion_count", "registration_quality"])
     failed = rows[~rows.status.isin(("ok", "pending"))]
     done = rows[rows.status == "ok"]
     lines.append(f"  {rows.subject.nunique()} subjects, {len(rows)} intervals: {len(done)} processed, "

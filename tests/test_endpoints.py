@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from msnl.endpoints import (cumulative, filter_results, interval_order, mean_interval, per_arm_interval, per_patient,
-                            rate_ratios, wilson_interval)
+from msnl.endpoints import (cumulative, filter_results, interval_order, interval_rows, mean_interval, per_arm_interval,
+                            per_patient, rate_ratios, wilson_interval)
 
 
 def make_results(counts, arms, statuses=None, sites=None, starts=("2021-01-01", "2022-01-01"), days=365.0):
@@ -158,3 +158,14 @@ def test_endpoints_take_pandas_friendly_output():
     results = make_results([[1, 0], [0, 2]], ["a", "b"])
     assert isinstance(per_arm_interval(results), pd.DataFrame)
     assert set(per_arm_interval(results).arm) == {"a", "b"}
+
+
+def test_interval_rows_are_the_intervals_subjects_have_with_the_columns_asked_for():
+    # subjects 000 and 002 have two visits only: their second interval is a hole ("" or missing), not a result
+    results = make_results([[1, 0], [2, 3], [0, 0]], ["placebo", "active", "placebo"],
+                           statuses=[["ok", ""], ["ok", "failed"], ["pending", None]])
+    rows = interval_rows(results, ["new_lesion_count", "arm"])
+    assert list(zip(rows.subject, rows.interval, rows.status)) == [
+        ("000", "01->02", "ok"), ("001", "01->02", "ok"), ("001", "02->03", "failed"), ("002", "01->02", "pending")]
+    assert list(rows.columns) == ["subject", "interval", "status", "new_lesion_count", "arm"]
+    assert list(rows.arm) == ["placebo", "active", "active", "placebo"]
