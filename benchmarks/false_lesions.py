@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from msnl.metrics import DETECTION_FRACTION, lesions  # noqa: E402
-from msnl.resample import resample_labels  # noqa: E402
 from msnl.scan import LabelMap  # noqa: E402
 from storage import open_lesions  # noqa: E402
-from storage.masks import dataset_truths, read_mask  # noqa: E402
+from storage.masks import dataset_truths  # noqa: E402
 from storage.pairs import read_pair_array, read_pair_attrs  # noqa: E402
 from storage.results import read_prediction_mask  # noqa: E402
+from storage.training_data import TrainingPair, read_truth  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "lesjak-longitudinal"
 CROP = 24  # voxels each side of a lesion's centre in the montage
@@ -46,7 +46,7 @@ def describe(store: Path, subject: str, truth_root: Path) -> tuple[list[dict], d
     grid = np.asarray(attrs["affine"], float)
     pred = LabelMap(read_prediction_mask(store, subject, "1", "2"), grid)
     mask_path, transform = dataset_truths(truth_root)[(subject, "2")]
-    truth = resample_labels(read_mask(mask_path), pred, transform, invert=True).data > 0
+    truth = read_truth(TrainingPair(str(store), subject, "1", "2", str(mask_path), str(transform)), pred)
     flair1, flair2 = (read_pair_array(store, subject, "1", "2", name).astype(np.float32) for name in ("flair1", "flair2"))
     brain = read_pair_array(store, subject, "1", "2", "brain") > 0
     spacing = np.linalg.norm(grid[:3, :3], axis=0)

@@ -42,8 +42,8 @@ def expected(results: xr.Dataset) -> xr.DataArray:
 def interval_rows(results: xr.Dataset, names: list[str]) -> pd.DataFrame:
     """One row per interval a subject has (the ragged grid's holes left out, as `expected`),
     with `subject`, `interval`, `status` and the variables or coordinates in `names`."""
-    frame = results.reset_coords()[["status", *(n for n in names if n != "status")]].to_dataframe().reset_index()
-    return frame[frame.status.notna() & (frame.status != "")]
+    frame = results.reset_coords()[["status", *(n for n in names if n != "status")]].to_dataframe()
+    return frame[expected(results).to_series().reindex(frame.index)].reset_index()
 
 
 def interval_order(results: xr.Dataset) -> list[str]:
