@@ -64,4 +64,5 @@ def run_ingest(
     ]
     write_cohort_table(store)
     key = write_ingest_report(store, source, entries)
+    clear_staging(store)
     return IngestSummary(key, entries)

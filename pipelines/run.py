@@ -28,6 +28,7 @@ from pipelines.threads import default_workers, thread_env
 from pipelines.worker import LOCAL_WORKER_ENV
 from msnl.step_one import software_versions
 from storage.corrected import correct_stored_visit
+from storage.layout import clear_staging
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs, result_key
 from storage.report import RunReport, run_failures
 from storage.scans import stored_scan_attrs, stored_scan_voxels
@@ -298,6 +299,7 @@ def run_cohort(source: str | Path, store: str | Path, *, scheduler: str | None =
         for bar in bars:
             bar.close()
         report.finish(done)
+        clear_staging(store)
     finally:
         client.close()
         if cluster is not None:

@@ -8,7 +8,8 @@
                                 done after an earlier run failed them) in its attributes, and
                                 in failures.jsonl, one JSON line per interval that failed in a
                                 task (no result in the store says so)
-      .staging/                 work in progress; never read; a run clears leftovers over an hour old
+      .staging/                 work in progress; never read; ingest and run clear leftovers over an
+                                hour old, and the folder itself once it is empty
 
 A scan is written under `.staging/` and renamed into place, so a reader (or a re-run after a
 crash) sees either the whole scan or nothing.
@@ -83,7 +84,7 @@ def write_group_json(path: Path, attrs: dict[str, Any]) -> None:
     """Make a Zarr v3 group at `path` holding `attrs`, its zarr.json written directly: with a
     large set of attributes (a run report listing thousands of intervals) zarr's own writer
     takes ten times as long."""
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
     (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}))
 
 
@@ -102,9 +103,15 @@ def scan_key(subject: str, visit: str) -> str:
 
 
 def new_staging_dir(store: str | Path) -> Path:
-    staging = store_path(store) / STAGING / uuid.uuid4().hex
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    return staging
+    """A new empty folder under `.staging/`, for one write to fill and publish."""
+    for _ in range(_PUBLISH_ATTEMPTS):
+        staging = store_path(store) / STAGING / uuid.uuid4().hex
+        try:
+            staging.mkdir(parents=True)
+        except FileNotFoundError:  # a finishing command removed the empty `.staging/` meanwhile
+            continue
+        return staging
+    raise StoreError(f"{store_path(store) / STAGING}: could not make a staging folder; it kept disappearing")
 
 
 # Staged work untouched this long is a crashed run's leftover. Younger entries may belong to
@@ -124,7 +131,8 @@ def _newest_mtime(path: Path) -> float:
 
 
 def clear_staging(store: str | Path, older_than_s: float = STALE_STAGING_S) -> None:
-    """Drop what crashed runs left half-written, once it is `older_than_s` old."""
+    """Drop what crashed runs left half-written, once it is `older_than_s` old, and `.staging/`
+    itself once it is empty: Zarr warns about any folder in a store that is not a node."""
     staging = store_path(store) / STAGING
     if not staging.is_dir():
         return
@@ -136,6 +144,10 @@ def clear_staging(store: str | Path, older_than_s: float = STALE_STAGING_S) -> N
             continue
         if stale:
             shutil.rmtree(entry, ignore_errors=True)
+    try:
+        staging.rmdir()
+    except OSError:  # another writer's work is in it, or another command removed it first
+        pass
 
 
 def _ensure_parent_groups(root: Path, key: str) -> None:

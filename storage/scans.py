@@ -208,6 +208,10 @@ def lazy_array(array: zarr.Array) -> da.Array:
 
 
 def write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
-    """An array in the store's codec and layout (`array_layout`)."""
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, **array_layout(data.shape), compressors=[COMPRESSOR], fill_value=0)
+    """An array in the store's codec and layout (`array_layout`). Volumes are named by the
+    voxel axes of their grid, as the scans are, and flat data by `element`, so that
+    `xr.open_datatree(store, engine="zarr")` opens every array of the store."""
+    dims = _AXES if data.ndim == 3 else ("element",)
+    array = group.create_array(name, shape=data.shape, dtype=data.dtype, **array_layout(data.shape), compressors=[COMPRESSOR],
+                               dimension_names=dims, fill_value=0)
     array[...] = data

@@ -40,7 +40,7 @@ def write_table(group: zarr.Group, name: str, table: pd.DataFrame, attrs: dict[s
     columns = [str(c) for c in table.columns]
     data = table.to_numpy(dtype=np.float64)
     array = group.create_array(name, shape=data.shape, dtype=np.float64, chunks=(max(len(data), 1), max(len(columns), 1)),
-                               compressors=[COMPRESSOR], fill_value=0.0)
+                               compressors=[COMPRESSOR], dimension_names=(f"{name}_row", f"{name}_column"), fill_value=0.0)
     if data.size:
         array[...] = data
     array.attrs.update({"columns": columns, "dtypes": [str(table[c].dtype) for c in table.columns], **(attrs or {})})

@@ -51,6 +51,7 @@ def test_ingest_stores_exact_voxels_header_and_ngff(bids_cohort, tmp_path):
     np.testing.assert_allclose(read_scan(store, "001", "02").data, ref.get_fdata())
     reports = read_ingest_reports(store)
     assert len(reports) == 1 and len(reports[0]["entries"]) == 4
+    assert sorted(p.name for p in store.iterdir()) == ["cohort", "reports", "scans", "zarr.json"]  # no empty .staging/
 
 
 def test_rerun_skips_unchanged_and_reingests_changed_files(bids_cohort, tmp_path):

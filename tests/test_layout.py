@@ -43,7 +43,36 @@ def test_concurrent_publishers_of_one_key_all_succeed_and_one_whole_copy_stays(t
     group = zarr.open_group(store / "pairs/s/01/02", mode="r")
     assert (group["a"][...] == group.attrs["value"]).all()  # one writer's whole copy, never a mix
     clear_staging(store, older_than_s=0)
-    assert not any((store / ".staging").iterdir())
+    assert not (store / ".staging").exists()
+
+
+def test_writers_stage_and_publish_while_another_command_removes_the_empty_staging_folder(tmp_path):
+    store = tmp_path / "store.zarr"
+    open_root(store, create=True)
+    done, errors = threading.Event(), []
+
+    def finishing_commands() -> None:
+        while not done.is_set():
+            clear_staging(store)
+
+    def writer(w: int) -> None:
+        try:
+            for r in range(40):
+                publish(store, _stage(store, w * 100 + r), f"pairs/s{w}/01/02")
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    remover = threading.Thread(target=finishing_commands)
+    remover.start()
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    remover.join()
+    assert errors == []
+    assert [zarr.open_group(store / f"pairs/s{w}/01/02", mode="r").attrs["value"] for w in range(4)] == [39, 139, 239, 339]
 
 
 def test_an_incomplete_staged_group_is_never_published(tmp_path):
@@ -63,7 +92,7 @@ def test_only_stale_staging_is_cleared(tmp_path):
     clear_staging(store)
     assert fresh.exists()  # may belong to a task still running
     clear_staging(store, older_than_s=-1)
-    assert not fresh.exists()
+    assert not fresh.exists() and not (store / ".staging").exists()
 
 
 def test_a_group_written_directly_is_a_zarr_group_with_its_attributes(tmp_path):

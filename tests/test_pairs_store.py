@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from msnl.scan import Scan
 from msnl.template import mni152_anatomy
 from pipelines.ingest import run_ingest
 from storage.bids import BidsVisit, write_bids
+from storage.layout import clear_staging
 from storage.pairs import process_pair, read_candidates, read_pair_array, read_pair_attrs
 from tests.test_step_one import _planted_pair
 
@@ -198,3 +200,30 @@ def test_training_pairs_whose_candidates_were_made_differently_are_refused(store
         step_one_candidates([paper, wide])
     with pytest.raises(InputError, match="unopened:good:01-02's step one made candidates with opening_radius_mm=0"):
         step_one_candidates([paper, paper, flat])
+
+
+def test_xarray_opens_the_whole_store_with_every_array_named_by_its_axes(store, tmp_path):
+    import pandas as pd
+    import xarray as xr
+
+    from storage.results import write_prediction
+
+    process_pair(store, "good", "01", "02")
+    own = tmp_path / "store.zarr"
+    shutil.copytree(store, own)
+    levels2 = read_pair_array(own, "good", "01", "02", "levels2")
+    lesions = pd.DataFrame({"volume_mm3": [8.0, 16.0], "infratentorial": [False, True]})
+    write_prediction(own, "good", "01", "02", "key", (levels2 > 4).astype(np.uint8), lesions, {"status": "ok"})
+    clear_staging(own)  # as `msnl run` does when it finishes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing in the store that Zarr does not recognise
+        tree = xr.open_datatree(own, engine="zarr", zarr_format=3, consolidated=False)
+    pair = tree["pairs/good/01/02"].dataset
+    assert pair["levels2"].dims == ("i", "j", "k") and pair["levels2"].shape == levels2.shape
+    assert pair["patches"].dims == ("element",)
+    assert pair["table"].dims == ("table_row", "table_column")
+    prediction = tree["predictions/good/01/02"].dataset
+    assert prediction["newlesions"].dims == ("i", "j", "k")
+    assert prediction["lesions"].sizes == {"lesions_row": 2, "lesions_column": 2}
+    assert prediction["lesions"].attrs["columns"] == ["volume_mm3", "infratentorial"]
+    assert tree["scans/good/02"].dataset["0"].dims == ("i", "j", "k")

@@ -32,6 +32,7 @@ def test_run_processes_the_cohort_records_a_bad_subject_and_reruns_as_a_no_op(tm
     assert mask.sum() > 0 or len(lesions) == 0
     assert int(results.new_lesion_count.sel(subject="002").sum()) == int((lesions.subject == "002").sum())
     assert np.isfinite(results.registration_quality.values).all()
+    assert not (store / ".staging").exists()
     assert main(["run", "-q", str(source), str(store)]) == 1
     out = capsys.readouterr().out
     assert "0 processed, 2 already done" in out
