@@ -21,10 +21,10 @@ def evaluate(pred: str | Path, truth: str | Path, desc: str | None = None) -> di
     `sub-<patient>_ses-<visit>` masks `msnl export` writes; Lesjak truth is brought onto the
     prediction's grid through the patient's transform to visit 2, as `msnl train` and the
     benchmarks do."""
+    preds = find_masks(pred, desc)  # first, so that two bad arguments are named in their order
     dataset = dataset_truths(truth)
     truths = {k: mask for k, (mask, _) in dataset.items()} if dataset else find_masks(truth, desc, also=dataset_truth_forms())
     transforms = {mask: transform for mask, transform in dataset.values() if transform} if dataset else {}
-    preds = find_masks(pred, desc)
     if len(preds) == 1 and len(truths) == 1:
         pairs = [(next(iter(preds)), next(iter(preds.values())), next(iter(truths.values())))]
     else:

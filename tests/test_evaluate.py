@@ -109,6 +109,14 @@ def test_lesjak_truth_is_brought_onto_the_predictions_grid_through_the_patients_
     assert json.loads(capsys.readouterr().out)["pairs"][0]["dice"] < 0.6
 
 
+def test_a_missing_prediction_is_named_before_a_problem_in_the_truth(tmp_path, capsys):
+    _save(tmp_path / "truth/sub-01_ses-02_desc-a_mask.nii.gz", _cube((8, 8, 8)))
+    _save(tmp_path / "truth/sub-01_ses-02_desc-b_mask.nii.gz", _cube((8, 8, 8)))  # two truths for one pair
+    assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "truth")]) == 2
+    err = capsys.readouterr().err
+    assert "pred.nii.gz: does not exist" in err and "holds two masks" not in err
+
+
 def test_missing_predictions_and_bad_weights_are_clear_errors(tmp_path, capsys):
     _save(tmp_path / "truth/sub-01_ses-02_mask.nii.gz", _cube((8, 8, 8)))
     _save(tmp_path / "pred/sub-09_ses-02_mask.nii.gz", _cube((8, 8, 8)))
