@@ -41,7 +41,6 @@ def run_ingest(
     """
     records, problems = read_source(source)
     open_root(store, create=True)
-    clear_staging(store)
     tasks = [dask.delayed(ingest_scan, pure=False)(str(store), rec) for rec in records]
     workers = workers or default_workers(len(tasks))
     if progress:

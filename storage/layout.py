@@ -36,7 +36,7 @@ SCANS = "scans"
 COHORT = "cohort"
 REPORTS = "reports"
 STAGING = ".staging"
-_PUBLISH_ATTEMPTS = 20
+_RACE_ATTEMPTS = 20  # tries when other writers keep changing the same path
 
 
 def store_path(store: str | Path) -> Path:
@@ -104,7 +104,7 @@ def scan_key(subject: str, visit: str) -> str:
 
 def new_staging_dir(store: str | Path) -> Path:
     """A new empty folder under `.staging/`, for one write to fill and publish."""
-    for _ in range(_PUBLISH_ATTEMPTS):
+    for _ in range(_RACE_ATTEMPTS):
         staging = store_path(store) / STAGING / uuid.uuid4().hex
         try:
             staging.mkdir(parents=True)
@@ -176,7 +176,7 @@ def publish(store: str | Path, staged: Path, key: str) -> None:
     if not (staged / "zarr.json").exists():
         raise StoreError(f"{staged}: staged result is incomplete (its group metadata is missing); not publishing {key}")
     _ensure_parent_groups(root, key)
-    for _ in range(_PUBLISH_ATTEMPTS):
+    for _ in range(_RACE_ATTEMPTS):
         retired = new_staging_dir(store)
         try:
             target.rename(retired)
@@ -191,4 +191,4 @@ def publish(store: str | Path, staged: Path, key: str) -> None:
         finally:
             shutil.rmtree(retired, ignore_errors=True)
         return
-    raise StoreError(f"{root / key}: could not publish after {_PUBLISH_ATTEMPTS} attempts; other writers kept replacing it")
+    raise StoreError(f"{root / key}: could not publish after {_RACE_ATTEMPTS} attempts; other writers kept replacing it")
