@@ -33,5 +33,12 @@ def brain_mask(scan: Scan, threshold: float = 0.5) -> LabelMap:
     """The brain of one FLAIR, on its own grid."""
     image = nib.Nifti1Image(np.asarray(scan.data, dtype=np.float32), scan.affine)
     with _LOCK:  # deepbet keeps per-call state (its bounding box) on the model object
-        _, mask, _ = _model().run(image, threshold=threshold)
+        try:
+            _, mask, _ = _model().run(image, threshold=threshold)
+        except ValueError as exc:
+            # deepbet's first pass found no brain at all and fails taking its largest component;
+            # an empty mask lets the brain-volume check say so for the pair
+            if "empty sequence" not in str(exc):
+                raise
+            return LabelMap(np.zeros(scan.shape, dtype=bool), scan.affine)
     return LabelMap(np.asarray(mask.dataobj) > 0, scan.affine)

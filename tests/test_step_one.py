@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from msnl.brain_mask import brain_mask
 from msnl.config import ConfigError, StepOneConfig
 from msnl.errors import QualityControlError
 from msnl.preprocess import (box_weights, continuous_levels, discretise, histogram_match, match_resolution,
                              register_rigid_then_affine)
+from msnl.qc import check_brain_volume
 from msnl.scan import LabelMap
 from msnl.scan import Scan
 from msnl.step_one import StageTimer, run_step_one
@@ -173,6 +175,15 @@ def test_step_one_finds_the_planted_lesion(anatomy):
     assert set(result.levels2[result.brain.data].tolist()) <= set(range(1, 7))
     assert len(result.patches) == len(result.table) >= 1
     assert {"n4", "registration", "brain_mask", "candidates"} <= set(timer.seconds)
+
+
+def test_a_scan_with_no_brain_gets_an_empty_mask_and_fails_the_brain_volume_qc():
+    # deepbet raises on an image where it finds no brain at all; the pair must fail QC instead
+    blank = Scan(np.zeros((60, 70, 50), dtype=np.float32), np.eye(4))
+    empty = brain_mask(blank)
+    assert not empty.data.any()
+    with pytest.raises(QualityControlError, match="visit 1"):
+        check_brain_volume(empty, "visit 1", StepOneConfig())
 
 
 def test_pair_of_different_heads_fails_registration_qc(anatomy):
