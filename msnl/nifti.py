@@ -174,6 +174,13 @@ def _check_voxels(path: Path, data: np.ndarray) -> None:
             "placeholder.",
             path,
         )
+    low, high = data.min(), data.max()
+    if low == high:
+        raise BadScanError(
+            f"has the same value ({low}) in every voxel, so it shows no anatomy. Expected a FLAIR "
+            "with contrast; check the export, it may be a placeholder or a failed conversion.",
+            path,
+        )
 
 
 def _affine_source(header: nib.Nifti1Header) -> str:

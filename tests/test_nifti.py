@@ -114,6 +114,10 @@ def test_all_zero_image(make_nifti):
     _expect(make_nifti(data=np.zeros((10, 10, 6), dtype=np.int16)), "all zeros")
 
 
+def test_constant_image(make_nifti):
+    _expect(make_nifti(data=np.full((10, 10, 6), 7, dtype=np.int16)), "same value (7) in every voxel")
+
+
 def test_nan_voxels(make_nifti):
     data = blob_volume(dtype=np.float32)
     data[3, 4, 5] = np.nan
