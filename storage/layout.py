@@ -67,6 +67,12 @@ def open_root(store: str | Path, *, create: bool = False) -> zarr.Group:
     root = zarr.open_group(path, mode="r+" if create else "r", zarr_format=3)
     if "msnl_store_version" not in root.attrs:
         raise StoreError(f"{path}: a Zarr store, but not one msnl wrote (no msnl_store_version).")
+    version = root.attrs["msnl_store_version"]
+    if isinstance(version, int) and version > STORE_VERSION:
+        raise StoreError(
+            f"{path}: written by a newer msnl (store version {version!r}; this msnl reads version "
+            f"{STORE_VERSION}), whose layout this one could misread or damage. Upgrade msnl on this machine."
+        )
     return root
 
 

@@ -25,7 +25,7 @@ import zarr
 from msnl.errors import StoreError
 from msnl.qc import acquisition_label, resolution_ratio
 from storage.cohort import COHORT
-from storage.layout import group_attrs, new_staging_dir, publish, store_path
+from storage.layout import group_attrs, new_staging_dir, open_root, publish, store_path
 from storage.pairs import PAIRS, pair_key
 from storage.report import run_failures, run_reports_mtime
 from storage.scans import lazy_array, write_array
@@ -138,6 +138,7 @@ def open_results(store: str | Path) -> xr.Dataset:
     visit 2 along a head axis (see `msnl.qc.REVIEW_RESOLUTION_RATIO`).
     """
     path = store_path(store)
+    open_root(path)
     if not (path / COHORT / "zarr.json").exists():
         raise StoreError(f"{path}: no cohort in this store yet. Run `msnl run SOURCE {path}`.")
     cohort = xr.open_zarr(path, group=COHORT, zarr_format=3, consolidated=False).load()

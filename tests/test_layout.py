@@ -1,4 +1,5 @@
-"""Publishing into the store: atomic, and safe when two tasks publish the same key at once."""
+"""The store's layout: publishing is atomic and safe when two tasks publish the same key at once,
+and a store written by a newer msnl is refused."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import zarr
 
 from msnl.errors import StoreError
-from storage.layout import clear_staging, group_attrs, new_staging_dir, open_root, publish, write_group_json
+from storage.cohort import open_cohort
+from storage.layout import STORE_VERSION, clear_staging, group_attrs, new_staging_dir, open_root, publish, write_group_json
+from storage.results import open_results
 
 
 def _stage(store, value: int):
@@ -105,3 +108,11 @@ def test_a_group_written_directly_is_a_zarr_group_with_its_attributes(tmp_path):
     assert dict(zarr.open_group(store / "reports/run-1", mode="r", zarr_format=3).attrs) == attrs
     assert "run-1" in list(zarr.open_group(store / "reports", mode="r", zarr_format=3).group_keys())
     assert group_attrs(store / "reports/run-1") == attrs
+
+
+def test_a_store_from_a_newer_msnl_is_refused_before_anything_reads_or_writes_it(tmp_path):
+    store = tmp_path / "store.zarr"
+    open_root(store, create=True).attrs["msnl_store_version"] = STORE_VERSION + 1
+    for read in (open_root, lambda path: open_root(path, create=True), open_results, open_cohort):
+        with pytest.raises(StoreError, match=f"newer msnl.*store version {STORE_VERSION + 1}"):
+            read(store)
