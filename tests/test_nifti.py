@@ -118,6 +118,23 @@ def test_constant_image(make_nifti):
     _expect(make_nifti(data=np.full((10, 10, 6), 7, dtype=np.int16)), "same value (7) in every voxel")
 
 
+def test_a_normalised_image_is_refused_but_resampling_s_few_negative_voxels_are_not(make_nifti):
+    data = blob_volume(dtype=np.float32)
+    zscored = (data - data.mean()) / data.std()
+    _expect(make_nifti(data=zscored), "below 0", "not a magnitude FLAIR")
+    ringing = data.copy()
+    ringing.flat[:: ringing.size // 20] = -15.0  # 0.4 % of the voxels
+    assert read_nifti(make_nifti(data=ringing)).data.min() == -15.0
+
+
+def test_a_negative_intercept_is_applied_before_the_magnitude_check(make_nifti, tmp_path):
+    img = nib.Nifti1Image(blob_volume(), aniso_affine())
+    img.header.set_slope_inter(1.0, -200.0)
+    path = tmp_path / "offset.nii.gz"
+    nib.save(img, path)
+    _expect(path, "below 0", "down to -200")
+
+
 def test_nan_voxels(make_nifti):
     data = blob_volume(dtype=np.float32)
     data[3, 4, 5] = np.nan
