@@ -193,7 +193,7 @@ def _check_magnitude(path: Path, data: np.ndarray, slope: float, inter: float) -
     negative = np.count_nonzero(values < 0) / values.size
     if negative > _MAX_NEGATIVE_SHARE:
         raise BadScanError(
-            f"has {100 * negative:.0f} % of its voxels below 0 (down to {float(values.min()):.4g}), so it is not a "
+            f"has {100 * negative:.1f} % of its voxels below 0 (down to {float(values.min()):.4g}), so it is not a "
             "magnitude FLAIR, where 0 means no signal: N4 bias correction and step one's grey levels rely on that, "
             "and a normalised (z-scored) or offset image gives meaningless candidates. Ingest the FLAIR as converted "
             "from the scanner's DICOM.",
