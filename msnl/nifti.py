@@ -189,7 +189,7 @@ def _check_voxels(path: Path, data: np.ndarray) -> None:
 def _check_magnitude(path: Path, data: np.ndarray, slope: float, inter: float) -> None:
     """Refuse intensities that are not a magnitude image's, where 0 means no signal: N4 and step
     one's grey levels (equal widths from 0) rely on it."""
-    values = data * np.float32(slope) + np.float32(inter)
+    values = scaled_voxels(data, slope, inter)
     negative = np.count_nonzero(values < 0) / values.size
     if negative > _MAX_NEGATIVE_SHARE:
         raise BadScanError(
@@ -231,9 +231,9 @@ def read_nifti(path: str | Path) -> NiftiScan:
             path,
         ) from None
     _check_voxels(path, data)
-    slope = img.dataobj.slope
-    inter = img.dataobj.inter
-    _check_magnitude(path, data, 1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
+    slope = 1.0 if img.dataobj.slope is None else float(img.dataobj.slope)
+    inter = 0.0 if img.dataobj.inter is None else float(img.dataobj.inter)
+    _check_magnitude(path, data, slope, inter)
     header = img.header
     return NiftiScan(
         path=path,
@@ -245,8 +245,8 @@ def read_nifti(path: str | Path) -> NiftiScan:
         qform_code=int(header["qform_code"]),
         sform=np.asarray(header.get_sform(), dtype=float),
         sform_code=int(header["sform_code"]),
-        scl_slope=float(1.0 if slope is None else slope),
-        scl_inter=float(0.0 if inter is None else inter),
+        scl_slope=slope,
+        scl_inter=inter,
         spacing=tuple(float(z) for z in header.get_zooms()[:3]),  # type: ignore[arg-type]
         orientation="".join(nib.aff2axcodes(img.affine)),
         notes=tuple(notes),
